@@ -1,0 +1,178 @@
+"""Device facts, from PyTorch's device-generic APIs.
+
+Everything the rest of the project needs to know about the hardware lives here:
+which device type is current, which collective backend and visible-devices
+variable go with it, which autocast dtypes it supports, and which numerics
+switches (TF32 / HF32) are in force. No other module branches on a device name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+from dataclasses import dataclass, field
+
+import torch
+
+# Device facts that no torch API reports. Data, not code paths.
+_VISIBLE_DEVICES_ENV = {
+    "cuda": "CUDA_VISIBLE_DEVICES",
+    "npu": "ASCEND_RT_VISIBLE_DEVICES",
+    "xpu": "ZE_AFFINITY_MASK",
+}
+_DIST_BACKEND_FALLBACK = {"npu": "hccl"}  # torch_npu registers this itself once imported
+# Device types provided by an out-of-tree extension: (module to import, pip name).
+_EXTENSIONS = {"npu": ("torch_npu", "torch-npu")}
+# Numerics switches that change results on a device: label -> dotted attribute under torch.
+_NUMERICS_SWITCHES = {
+    "cuda": {
+        "matmul.allow_tf32": "backends.cuda.matmul.allow_tf32",
+        "cudnn.allow_tf32": "backends.cudnn.allow_tf32",
+        "matmul.allow_bf16_reduced_precision_reduction": "backends.cuda.matmul.allow_bf16_reduced_precision_reduction",
+    },
+    "npu": {
+        "matmul.allow_hf32": "npu.matmul.allow_hf32",
+        "conv.allow_hf32": "npu.conv.allow_hf32",
+    },
+}
+
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+    "float64": torch.float64, "fp64": torch.float64,
+}
+
+
+class DeviceUnavailable(RuntimeError):
+    """The requested device cannot be used in this environment (message says why and what to do)."""
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {', '.join(sorted(DTYPES))}") from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def current_device_type() -> str:
+    """The accelerator PyTorch sees ('cuda', 'npu', ...), or 'cpu' when there is none."""
+    if torch.accelerator.is_available():
+        return torch.accelerator.current_accelerator().type
+    return "cpu"
+
+
+def _load_extension(device_type: str) -> None:
+    """Import the out-of-tree extension that provides `device_type` (e.g. torch_npu), lazily."""
+    if device_type not in _EXTENSIONS or hasattr(torch, device_type):
+        return
+    module, pip_name = _EXTENSIONS[device_type]
+    try:
+        importlib.import_module(module)
+    except Exception as e:  # ImportError, or OSError when the vendor toolkit (CANN) is missing
+        raise DeviceUnavailable(
+            f"device '{device_type}' needs the {module} package, which failed to import ({e.__class__.__name__}: {e}); "
+            f"install {pip_name} at the version matching torch {torch.__version__.split('+')[0]} "
+            f"and source the vendor toolkit's set_env.sh first (see README, 'Ascend NPU')"
+        ) from None
+
+
+def resolve_device(name: str | torch.device | None = None) -> torch.device:
+    """'auto'/None -> the current accelerator or cpu; 'cuda', 'npu:1', ... checked to be usable."""
+    if name is None or str(name) == "auto":
+        return torch.device(current_device_type())
+    _load_extension(str(name).partition(":")[0])  # torch parses 'npu' only once torch_npu is imported
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceUnavailable(f"unknown device {str(name)!r}; expected auto, cpu, cuda[:N] or npu[:N]") from None
+    if device.type == "cpu":
+        return device
+    module = getattr(torch, device.type, None)
+    if module is None or not module.is_available():
+        raise DeviceUnavailable(
+            f"device '{device}' is not available here (torch {torch.__version__} sees "
+            f"{current_device_type()} as its device)"
+        )
+    if device.index is not None and device.index >= module.device_count():
+        raise DeviceUnavailable(f"device '{device}' does not exist: {module.device_count()} visible")
+    return device
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued work on `device` (no-op on the CPU)."""
+    if device.type != "cpu":
+        torch.get_device_module(device.type).synchronize(device)
+
+
+def _read_switch(dotted: str):
+    obj = torch
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def numerics_switches(device_type: str) -> dict[str, object]:
+    """Settings that change the numbers an op produces on this device type (recorded by parity runs)."""
+    switches: dict[str, object] = {"float32_matmul_precision": torch.get_float32_matmul_precision()}
+    for label, dotted in _NUMERICS_SWITCHES.get(device_type, {}).items():
+        value = _read_switch(dotted)
+        if value is not None:
+            switches[label] = value
+    return switches
+
+
+def autocast_dtypes(device_type: str) -> tuple[torch.dtype, ...]:
+    if not torch.amp.is_autocast_available(device_type):
+        return ()
+    module = torch.get_device_module(device_type)
+    bf16 = getattr(module, "is_bf16_supported", lambda: True)()
+    return (torch.bfloat16,) * bool(bf16) + (torch.float16,)
+
+
+def dist_backend(device_type: str) -> str:
+    table = torch.distributed.Backend.default_device_backend_map if torch.distributed.is_available() else {}
+    return table.get(device_type) or _DIST_BACKEND_FALLBACK.get(device_type, "gloo")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cpu":
+        return platform.processor() or platform.machine()
+    module = torch.get_device_module(device.type)
+    get_name = getattr(module, "get_device_name", None)
+    return get_name(device) if get_name else device.type
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    type: str
+    count: int
+    name: str
+    dist_backend: str
+    visible_devices_env: str | None
+    visible_devices: str | None
+    autocast_dtypes: tuple[torch.dtype, ...]
+    numerics: dict[str, object] = field(default_factory=dict)
+
+
+def device_facts(device: str | torch.device | None = None) -> DeviceFacts:
+    dev = resolve_device(device)
+    count = 1 if dev.type == "cpu" else torch.get_device_module(dev.type).device_count()
+    env = _VISIBLE_DEVICES_ENV.get(dev.type)
+    return DeviceFacts(
+        type=dev.type,
+        count=count,
+        name=device_name(dev),
+        dist_backend=dist_backend(dev.type),
+        visible_devices_env=env,
+        visible_devices=os.environ.get(env) if env else None,
+        autocast_dtypes=autocast_dtypes(dev.type),
+        numerics=numerics_switches(dev.type),
+    )

@@ -1,0 +1,122 @@
+"""Record golden results on one machine, check another machine (or implementation) against them.
+
+A golden file (torch.save) holds, per dtype, every case's output and input grads as float32 CPU
+tensors, plus what produced them: device, device name, torch version, op implementations and
+numerics switches. Inputs are never stored: both sides regenerate them from the case seeds.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import backends
+from backends.device import device_facts, dtype_from_name, dtype_name
+
+from .cases import CASES, Case, run_case
+from .compare import Comparison, compare
+
+FORMAT = 1
+DEFAULT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _provenance(device: torch.device) -> dict:
+    facts = device_facts(device)
+    return {
+        "device": str(device),
+        "device_name": facts.name,
+        "torch": str(torch.__version__),
+        "impls": {r.op: r.impl for r in backends.describe(device.type)},
+        "numerics": {k: str(v) for k, v in facts.numerics.items()},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def select_cases(names: list[str] | None = None) -> list[Case]:
+    if not names:
+        return list(CASES)
+    known = {c.name: c for c in CASES}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown parity case(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return [known[n] for n in names]
+
+
+def record(out: str | Path, device: torch.device, dtypes=DEFAULT_DTYPES, cases: list[Case] | None = None) -> dict:
+    cases = cases or list(CASES)
+    results = {}
+    for name in dtypes:
+        dtype = dtype_from_name(name)
+        results[dtype_name(dtype)] = {case.name: run_case(case, device, dtype) for case in cases}
+    golden = {"format": FORMAT, "meta": _provenance(device), "results": results}
+    _atomic_save(golden, Path(out))
+    return golden
+
+
+def _atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_golden(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"golden file {path} does not exist (make one with `ppllava parity record --out {path}`)")
+    try:
+        golden = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"golden file {path} is not a parity golden file: {e.__class__.__name__}") from None
+    if not isinstance(golden, dict) or golden.get("format") != FORMAT:
+        raise ValueError(f"golden file {path} is not a parity golden file of format {FORMAT}")
+    return golden
+
+
+@dataclass(frozen=True)
+class Row:
+    case: str
+    tensor: str
+    dtype: str
+    comparison: Comparison
+
+
+def check(golden: dict, device: torch.device, dtypes=None, cases: list[Case] | None = None) -> list[Row]:
+    recorded = golden["results"]
+    names = [dtype_name(dtype_from_name(d)) for d in dtypes] if dtypes else list(recorded)
+    missing = [n for n in names if n not in recorded]
+    if missing:
+        raise ValueError(f"golden file has no {', '.join(missing)} results (it holds {', '.join(recorded)}); "
+                         f"record them with --dtype {','.join(missing)}")
+    rows = []
+    for name in names:
+        dtype = dtype_from_name(name)
+        for case in cases or list(CASES):
+            if case.name not in recorded[name]:
+                raise ValueError(f"golden file has no case {case.name!r} for {name}; re-record it with this version")
+            expected = recorded[name][case.name]
+            got = run_case(case, device, dtype)
+            for tensor_name, value in expected.items():
+                rows.append(Row(case.name, tensor_name, name, compare(got[tensor_name], value, dtype)))
+    return rows
+
+
+def format_table(rows: list[Row]) -> str:
+    header = ("case", "tensor", "dtype", "cosine", "max_abs", "max_rel", "mean_rel", "off_ratio", "result")
+    body = [(r.case, r.tensor, r.dtype, f"{r.comparison.cosine:.6f}", f"{r.comparison.max_abs:.2e}",
+             f"{r.comparison.max_rel:.2e}", f"{r.comparison.mean_rel:.2e}", f"{r.comparison.off_ratio:.2e}",
+             "ok" if r.comparison.ok else "FAIL: " + "; ".join(r.comparison.failures)) for r in rows]
+    widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

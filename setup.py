@@ -1,0 +1,34 @@
+"""Installs two import packages: `ppllava` (model, data, training, CLI) and `backends` (device facts, ops).
+
+torch is required but deliberately loose (>= 2.6): install the build for your hardware first (CPU,
+CUDA, or the one torch-npu pins) and this package will use it, never replace it. `make test` and
+`make demo` do that for you in .venv.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="ppllava",
+    version="0.1.0",
+    description="PPLLaVA: prompt-guided pooling video LLM, one codebase for CPU, NVIDIA GPUs and Ascend NPUs",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ppllava", "ppllava.*", "backends", "backends.*"]),
+    install_requires=[
+        "torch>=2.6",
+        "transformers>=4.57",
+        "safetensors",
+        "numpy",
+        "pyyaml",
+        "tqdm",
+    ],
+    extras_require={
+        "train": ["deepspeed>=0.16"],
+        "cuda": ["triton>=3.1"],
+        "npu": ["torch-npu"],  # needs the CANN toolkit; version must match torch (see README)
+        "video": ["decord>=0.6; platform_machine == 'x86_64'", "av>=12"],
+        "dev": ["pytest>=8"],
+    },
+    entry_points={"console_scripts": ["ppllava=ppllava.cli:main"]},
+)

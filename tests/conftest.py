@@ -1,0 +1,31 @@
+import os
+
+import pytest
+import torch
+
+import backends
+from backends.dispatch import ENV_VAR
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _default_ops(monkeypatch):
+    """Every test starts and ends with auto dispatch and no PPLLAVA_OPS."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    backends.configure_ops(None)
+    yield
+    backends.configure_ops(None)
+
+
+@pytest.fixture(params=["native", "cpu"])
+def pool_impl(request):
+    """Run the test once per prompt_guided_pool implementation available on the CPU."""
+    backends.configure_ops({"prompt_guided_pool": request.param})
+    return request.param
+
+
+@pytest.fixture(params=["native", "cpu"])
+def relevance_impl(request):
+    backends.configure_ops({"relevance_map": request.param})
+    return request.param

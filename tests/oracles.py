@@ -1,0 +1,45 @@
+"""Slow, obviously-correct loop implementations of both ops (float64, small shapes only)."""
+
+import math
+
+import torch
+
+
+def pool_loop(x, relevance, kernel, stride, temperature):
+    B, T, H, W, D = x.shape
+    out_size = [(n - k) // s + 1 for n, k, s in zip((T, H, W), kernel, stride)]
+    out = torch.zeros(B, *out_size, D, dtype=torch.float64)
+    for b in range(B):
+        for i in range(out_size[0]):
+            for j in range(out_size[1]):
+                for k in range(out_size[2]):
+                    positions = [(i * stride[0] + a, j * stride[1] + c, k * stride[2] + e)
+                                 for a in range(kernel[0]) for c in range(kernel[1]) for e in range(kernel[2])]
+                    logits = [float(relevance[b, t, h, w]) / temperature for t, h, w in positions]
+                    top = max(logits)
+                    weights = [math.exp(v - top) for v in logits]
+                    total = sum(weights)
+                    for (t, h, w), wt in zip(positions, weights):
+                        out[b, i, j, k] += (wt / total) * x[b, t, h, w].double()
+    return out
+
+
+def relevance_loop(video, text, logit_scale, mask=None):
+    B, T, H, W, _ = video.shape
+    out = torch.zeros(B, T, H, W, dtype=torch.float64)
+    for b in range(B):
+        c = text[b].double()
+        c = c / c.norm()
+        logits = {}
+        for t in range(T):
+            if mask is not None and not mask[b, t]:
+                continue
+            for h in range(H):
+                for w in range(W):
+                    v = video[b, t, h, w].double()
+                    logits[t, h, w] = logit_scale * float(v @ c) / float(v.norm())
+        top = max(logits.values())
+        total = sum(math.exp(v - top) for v in logits.values())
+        for (t, h, w), v in logits.items():
+            out[b, t, h, w] = math.exp(v - top) / total
+    return out

@@ -1,0 +1,53 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from backends import DeviceUnavailable, device_facts, resolve_device
+from backends.device import dist_backend, dtype_from_name
+
+no_accelerator = pytest.mark.skipif(torch.accelerator.is_available(), reason="an accelerator is present")
+
+
+def test_cpu_facts():
+    facts = device_facts("cpu")
+    assert (facts.type, facts.dist_backend, facts.visible_devices_env) == ("cpu", "gloo", None)
+    assert torch.bfloat16 in facts.autocast_dtypes
+    assert facts.numerics["float32_matmul_precision"] == torch.get_float32_matmul_precision()
+
+
+def test_collective_backend_per_device_type():
+    assert (dist_backend("cuda"), dist_backend("npu"), dist_backend("cpu")) == ("nccl", "hccl", "gloo")
+
+
+@no_accelerator
+def test_auto_is_cpu_without_an_accelerator():
+    assert resolve_device("auto") == torch.device("cpu") == resolve_device(None)
+
+
+@pytest.mark.skipif("torch_npu" in sys.modules, reason="torch_npu is installed")
+def test_npu_without_torch_npu_is_one_clear_error():
+    with pytest.raises(DeviceUnavailable, match=r"device 'npu' needs the torch_npu package.*install torch-npu.*set_env.sh"):
+        resolve_device("npu:0")
+
+
+@no_accelerator
+def test_cuda_without_gpu_is_a_clear_error():
+    with pytest.raises(DeviceUnavailable, match="device 'cuda' is not available here"):
+        resolve_device("cuda")
+
+
+def test_unknown_device_and_dtype():
+    with pytest.raises(DeviceUnavailable, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    with pytest.raises(ValueError, match="unknown dtype 'half-ish'"):
+        dtype_from_name("half-ish")
+
+
+def test_importing_the_project_never_imports_torch_npu():
+    code = "import sys, backends, ppllava, ppllava.cli, ppllava.parity; print('torch_npu' in sys.modules)"
+    env = dict(os.environ, TORCH_DEVICE_BACKEND_AUTOLOAD="0")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,101 @@
+import logging
+
+import pytest
+import torch
+
+import backends
+from backends.dispatch import CustomOp, ImplementationUnavailable, parse_ops_spec
+from ppllava.parity import CASES, compare, run_case
+
+
+def _toy_op():
+    """An op whose implementations give different answers, so a test can see which one ran."""
+    op = CustomOp("toy", check=lambda t: (t,), native=lambda t: t + 1)
+    op.register("cpu", lambda: (lambda t: t + 2))
+    return op
+
+
+def test_auto_picks_the_device_implementation_once():
+    op = _toy_op()
+    assert op(torch.zeros(1)).item() == 2
+    calls = []
+    op.loaders["cpu"] = lambda: calls.append(1) or (lambda t: t + 2)
+    op._cache.clear()
+    for _ in range(3):
+        op(torch.zeros(1))
+    assert calls == [1]  # resolved once per device type, not per call
+
+
+def test_missing_implementation_falls_back_to_native_with_one_warning(caplog):
+    op = _toy_op()
+    with caplog.at_level(logging.WARNING, logger="backends"):
+        first, fn = op.resolve("npu")
+        op.resolve("npu")
+    assert first.impl == "native" and fn(torch.zeros(1)).item() == 1
+    assert len([r for r in caplog.records if "no 'npu' implementation" in r.getMessage()]) == 1
+
+
+def test_unloadable_implementation_falls_back_under_auto_but_raises_when_forced(monkeypatch):
+    op = CustomOp("toy2", check=lambda t: (t,), native=lambda t: t + 1)
+
+    def broken():
+        raise ImportError("No module named 'triton'")
+
+    op.register("cpu", broken)
+    assert op(torch.zeros(1)).item() == 1
+    backends.dispatch._REGISTRY["toy2"] = op
+    try:
+        monkeypatch.setenv("PPLLAVA_OPS", "toy2=cpu")
+        op._cache.clear()
+        with pytest.raises(ImplementationUnavailable, match="triton"):
+            op(torch.zeros(1))
+    finally:
+        del backends.dispatch._REGISTRY["toy2"]
+
+
+def test_config_and_environment_force_implementations(monkeypatch):
+    assert {r.op: r.impl for r in backends.describe("cpu")} == {"relevance_map": "cpu", "prompt_guided_pool": "cpu"}
+    backends.configure_ops("native")
+    assert {r.impl for r in backends.describe("cpu")} == {"native"}
+    backends.configure_ops({"prompt_guided_pool": "native"})
+    assert {r.op: (r.impl, r.source) for r in backends.describe("cpu")} == {
+        "relevance_map": ("cpu", "auto"), "prompt_guided_pool": ("native", "config")}
+    monkeypatch.setenv("PPLLAVA_OPS", "native,prompt_guided_pool=cpu")  # the environment wins over config
+    backends.dispatch.reset_cache()
+    assert {r.op: (r.impl, r.source) for r in backends.describe("cpu")} == {
+        "relevance_map": ("native", "env:PPLLAVA_OPS"), "prompt_guided_pool": ("cpu", "env:PPLLAVA_OPS")}
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("nope", "unknown implementation 'nope'"),
+    ("prompt_guided_pool=cuda", r"unknown implementation 'cuda' for prompt_guided_pool; expected one of auto, native, cpu"),
+    ("pooling=native", "unknown op 'pooling'"),
+])
+def test_bad_specs_are_rejected(spec, match):
+    with pytest.raises(ValueError, match=match):
+        parse_ops_spec(spec)
+
+
+def _impls_on_this_device():
+    device = torch.device(backends.current_device_type())
+    for op in backends.registered_ops():
+        for impl in op.impl_names[1:]:
+            try:
+                op.load(impl)
+            except ImplementationUnavailable:
+                continue
+            yield op.name, impl, device
+
+
+@pytest.mark.parametrize("op_name,impl,device", list(_impls_on_this_device()))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_available_implementation_matches_native(op_name, impl, device, dtype):
+    cases = [c for c in CASES if op_name in c.name]
+    backends.configure_ops("native")
+    expected = {c.name: run_case(c, device, dtype) for c in cases}
+    backends.configure_ops({op_name: impl})
+    for case in cases:
+        got = run_case(case, device, dtype)
+        for tensor, value in expected[case.name].items():
+            result = compare(got[tensor], value, dtype)
+            assert result.ok, f"{case.name} {tensor}: {result.failures}"
