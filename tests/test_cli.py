@@ -1,0 +1,60 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ppllava.cli import main
+
+TINY_BENCH = ["bench", "ops", "--frames", "4", "--size", "6", "--relevance-dim", "16", "--pool-dims", "8,32",
+              "--repeats", "1"]
+
+
+def test_env_json_lists_device_and_ops(capsys):
+    assert main(["env", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["device"]["dist_backend"] == "gloo"
+    assert {o["op"]: o["impl"] for o in info["ops"]} == {"relevance_map": "cpu", "prompt_guided_pool": "cpu"}
+    assert info["libraries"]["torch"]
+
+
+def test_bench_ops_json(capsys):
+    assert main([*TINY_BENCH, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    pool = report["ops"]["prompt_guided_pool"]
+    assert set(pool) == {"D=8", "D=32"}
+    assert set(pool["D=32"]) == {"native", "cpu", "unfold", "avg_pool3d", "read_x"}
+    assert all(t["fwd_ms"] > 0 and t.get("fwd_bwd_ms", 1) > 0 for rows in pool.values() for t in rows.values())
+    ratio = report["ratios"]["prompt_guided_pool D=32"]
+    assert ratio["unfold_over_impl_fwd"] == pytest.approx(pool["D=32"]["unfold"]["fwd_ms"] / pool["D=32"]["cpu"]["fwd_ms"])
+    assert set(report["ops"]["relevance_map"]["C=16"]) == {"native", "cpu"}
+
+
+def test_demo_small(capsys):
+    assert main(["demo", "--frames", "8", "--size", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "visual tokens: 288 before pooling -> 16 after (18x fewer)" in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["bench", "ops", "--pool-dims", "x"], "--pool-dims: expected comma-separated positive integers"),
+    (["bench", "ops", "--dtype", "fp8"], "unknown dtype 'fp8'"),
+    (["env", "--device", "npu"], "device 'npu' needs the torch_npu package"),
+    (["demo", "--frames", "1"], "--frames must be >= 2"),
+])
+def test_user_errors_exit_2_with_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and err[0].startswith(f"ppllava {argv[0]}: error:")
+
+
+def test_console_script_help_and_usage_errors():
+    exe = Path(sys.executable).with_name("ppllava")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ppllava"]
+    env = dict(os.environ, TORCH_DEVICE_BACKEND_AUTOLOAD="0")
+    help_text = subprocess.run([*cmd, "parity", "check", "--help"], capture_output=True, text=True, env=env)
+    assert help_text.returncode == 0 and "--golden" in help_text.stdout
+    missing = subprocess.run([*cmd, "parity", "check"], capture_output=True, text=True, env=env)
+    assert missing.returncode == 2 and "--golden" in missing.stderr and "Traceback" not in missing.stderr

@@ -1,0 +1,116 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+import backends
+from backends.ops import pooling, relevance
+from ppllava.cli import main
+from ppllava.parity import CASES, check, compare, load_golden, record
+
+FAST = [c for c in CASES if c.name in ("relevance_map/masked", "prompt_guided_pool/video(2,3,3)",
+                                        "relevance_map->prompt_guided_pool")]
+
+
+def test_metrics_by_hand():
+    g = torch.tensor([1.0, -2.0, 4.0, 0.0])
+    a = torch.tensor([1.01, -2.0, 4.0, 0.0])
+    r = compare(a, g, torch.float32)
+    assert r.max_abs == pytest.approx(0.01)
+    assert r.max_rel == pytest.approx(0.01)            # |1.01 - 1| / 1
+    assert r.mean_rel == pytest.approx(0.01 / 4)
+    assert r.off_ratio == pytest.approx(1 / 4)         # one element off by more than 1/1000
+    assert r.cosine == pytest.approx(float(a @ g / (a.norm() * g.norm())))
+    assert not r.ok and any("off_ratio" in f for f in r.failures)
+    assert compare(g.clone(), g, torch.float32).ok
+
+
+def test_small_values_are_compared_absolutely():
+    g = torch.tensor([1.0, 1e-9])
+    a = torch.tensor([1.0, 2e-9])  # 100% relative error on a value far below the tensor's scale
+    r = compare(a, g, torch.float32)
+    assert r.ok and r.max_rel == pytest.approx(1e-9 / 1e-3 / (0.5 ** 0.5), rel=1e-3)
+
+
+def test_peers_rules_and_non_finite():
+    g = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    assert "nan/inf" in compare(g.clone().index_fill_(0, torch.tensor([3]), float("nan")), g, torch.float32).failures
+    assert any(f.startswith("cosine") for f in compare(torch.randn(1000), g, torch.float32).failures)
+    assert any(f.startswith("max_abs") for f in compare(g + 2.0 * (torch.arange(1000) == 7), g, torch.bfloat16).failures)
+    assert compare(g[:10], g, torch.float32).failures[0].startswith("shape")
+
+
+def test_record_then_check_passes_with_either_implementation(tmp_path):
+    path = tmp_path / "golden.pt"
+    record(path, torch.device("cpu"), ("float32", "bfloat16"), FAST)
+    golden = load_golden(path)
+    assert golden["meta"]["impls"] == {"relevance_map": "cpu", "prompt_guided_pool": "cpu"}
+    assert all(r.comparison.ok for r in check(golden, torch.device("cpu"), cases=FAST))
+    backends.configure_ops("native")
+    rows = check(golden, torch.device("cpu"), cases=FAST)
+    assert len(rows) == 2 * sum(len(c.differentiable) + 1 for c in FAST)
+    assert all(r.comparison.ok for r in rows), [r for r in rows if not r.comparison.ok]
+
+
+def _wrong_temperature(x, s, kernel, stride, temperature):
+    return pooling.pool_native(x, s, kernel, stride, temperature * 1.05)
+
+
+def _per_frame_softmax(video, text, scale, mask):
+    logits = scale * torch.einsum("bthwc,bc->bthw", F.normalize(video.float(), dim=-1), F.normalize(text.float(), dim=-1))
+    return (logits.flatten(2).softmax(-1).view_as(logits) / logits.shape[1]).to(video.dtype)
+
+
+def _tf32_like(video, text, scale, mask):
+    v = video.float()
+    rounded = (v.detach().view(torch.int32) & ~0x1FFF).view(torch.float32)  # keep 10 mantissa bits
+    return relevance.relevance_native(v + (rounded - v.detach()), text, scale, mask)
+
+
+@pytest.mark.parametrize("op_name,wrong,dtypes", [
+    ("prompt_guided_pool", _wrong_temperature, ("float32", "bfloat16", "float16")),
+    ("relevance_map", _per_frame_softmax, ("float32", "bfloat16")),
+    ("relevance_map", _tf32_like, ("float32",)),
+])
+def test_a_subtly_wrong_implementation_fails(tmp_path, op_name, wrong, dtypes):
+    path = tmp_path / "golden.pt"
+    record(path, torch.device("cpu"), dtypes, FAST)
+    op = backends.get_op(op_name)
+    op.register("wrong", lambda: wrong)
+    try:
+        backends.configure_ops({op_name: "wrong"})
+        rows = check(load_golden(path), torch.device("cpu"), cases=FAST)
+    finally:
+        del op.loaders["wrong"]
+    failed = {(r.dtype, r.case) for r in rows if not r.comparison.ok}
+    for dtype in dtypes:
+        assert (dtype, "relevance_map->prompt_guided_pool") in failed
+
+
+def test_golden_without_the_dtype_is_a_clear_error(tmp_path):
+    path = tmp_path / "golden.pt"
+    record(path, torch.device("cpu"), ("float32",), FAST[:1])
+    with pytest.raises(ValueError, match="golden file has no bfloat16 results .* record them with --dtype bfloat16"):
+        check(load_golden(path), torch.device("cpu"), dtypes=["bf16"], cases=FAST[:1])
+
+
+def test_cli_exit_codes(tmp_path, capsys, monkeypatch):
+    path = str(tmp_path / "g.pt")
+    case = ["--case", "prompt_guided_pool/video(2,3,3)"]
+    assert main(["parity", "record", "--out", path, "--dtype", "float32", *case]) == 0
+    assert main(["parity", "check", "--golden", path, *case]) == 0
+    assert capsys.readouterr().out.strip().endswith("3 passed, 0 failed")  # out, grad/x, grad/relevance
+    op = backends.get_op("prompt_guided_pool")
+    op.register("wrong", lambda: _wrong_temperature)
+    try:
+        monkeypatch.setenv("PPLLAVA_OPS", "prompt_guided_pool=wrong")
+        backends.dispatch.reset_cache()
+        assert main(["parity", "check", "--golden", path, *case]) == 1
+    finally:
+        del op.loaders["wrong"]
+    out = capsys.readouterr().out
+    assert "FAIL" in out and out.strip().endswith("0 passed, 3 failed")
+    (tmp_path / "junk.pt").write_text("not a golden file")
+    assert main(["parity", "check", "--golden", str(tmp_path / "junk.pt")]) == 2
+    assert main(["parity", "check", "--golden", path, "--case", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "not a parity golden file" in err[0] and "unknown parity case(s) nope" in err[1]
