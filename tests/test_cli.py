@@ -58,3 +58,12 @@ def test_console_script_help_and_usage_errors():
     assert help_text.returncode == 0 and "--golden" in help_text.stdout
     missing = subprocess.run([*cmd, "parity", "check"], capture_output=True, text=True, env=env)
     assert missing.returncode == 2 and "--golden" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_bench_ops_reports_unsupported_references_instead_of_failing(capsys):
+    # CPU avg_pool3d has no bfloat16 kernel (nor has the 910B): the bench says so and goes on
+    assert main([*TINY_BENCH, "--dtype", "bfloat16", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    avg = report["ops"]["prompt_guided_pool"]["D=32"]["avg_pool3d"]
+    assert "fwd_ms" in avg or "unsupported" in avg
+    assert report["ops"]["prompt_guided_pool"]["D=32"]["cpu"]["fwd_bwd_ms"] > 0
