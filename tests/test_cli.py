@@ -67,3 +67,8 @@ def test_bench_ops_reports_unsupported_references_instead_of_failing(capsys):
     avg = report["ops"]["prompt_guided_pool"]["D=32"]["avg_pool3d"]
     assert "fwd_ms" in avg or "unsupported" in avg
     assert report["ops"]["prompt_guided_pool"]["D=32"]["cpu"]["fwd_bwd_ms"] > 0
+
+
+def test_bench_rejects_non_positive_sizes(capsys):
+    assert main(["bench", "ops", "--repeats", "0"]) == 2
+    assert "--repeats: must be positive, got 0" in capsys.readouterr().err

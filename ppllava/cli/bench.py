@@ -20,8 +20,7 @@ def add_parser(sub) -> None:
                     "formulation, avg_pool3d and one read of x (x.sum()). Median of --repeats runs after a warm-up.")
     options.add_device(ops)
     options.add_dtype(ops)
-    ops.add_argument("--frames", type=int, default=32, help="frames T (default 32)")
-    ops.add_argument("--size", type=int, default=24, help="patches per side H = W (default 24)")
+    options.add_geometry(ops)
     ops.add_argument("--relevance-dim", type=int, default=1024, help="embedding width C for relevance_map (default 1024)")
     ops.add_argument("--pool-dims", default="1024,4096", help="feature widths D for prompt_guided_pool (default 1024,4096)")
     ops.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (default 5)")
@@ -40,11 +39,10 @@ def _positive_ints(text: str, name: str) -> tuple[int, ...]:
 
 
 def run_ops(args) -> int:
-    for name in ("frames", "size", "relevance_dim", "repeats"):
+    options.check_geometry(args)
+    for name in ("relevance_dim", "repeats"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')}: must be positive, got {getattr(args, name)}")
-    if args.frames < 2 or args.size < 3:
-        raise ValueError("--frames must be >= 2 and --size >= 3 for the (2, 3, 3) kernel")
     progress = None if args.json else (lambda label: print(f"  timing {label} ...", file=sys.stderr, flush=True))
     report = bench_ops(options.device(args), options.dtype(args), frames=args.frames, size=args.size,
                        relevance_dim=args.relevance_dim, pool_dims=_positive_ints(args.pool_dims, "pool-dims"),

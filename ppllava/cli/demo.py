@@ -14,14 +14,12 @@ def add_parser(sub) -> None:
                                    "print the visual tokens before and after pooling and the time.")
     options.add_device(p)
     options.add_dtype(p)
-    p.add_argument("--frames", type=int, default=32, help="frames (default 32)")
-    p.add_argument("--size", type=int, default=24, help="patches per side (default 24)")
+    options.add_geometry(p)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    if args.frames < 2 or args.size < 3:
-        raise ValueError("--frames must be >= 2 and --size >= 3 for the (2, 3, 3) kernel")
+    options.check_geometry(args)
     print(format_demo(run_demo(options.device(args), options.dtype(args), frames=args.frames, size=args.size,
                                planted_frame=args.frames // 2)))
     return 0

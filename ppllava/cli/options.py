@@ -24,3 +24,13 @@ def device(args) -> torch.device:
 
 def dtype(args) -> torch.dtype:
     return dtype_from_name(args.dtype)
+
+
+def add_geometry(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--frames", type=int, default=32, help="frames T (default 32)")
+    parser.add_argument("--size", type=int, default=24, help="patches per side H = W (default 24)")
+
+
+def check_geometry(args) -> None:
+    if args.frames < 2 or args.size < 3:
+        raise ValueError(f"--frames must be >= 2 and --size >= 3 for the (2, 3, 3) kernel, got {args.frames} and {args.size}")
