@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import backends
-from backends.device import synchronize
+from backends.device import dtype_name, synchronize
 
 
 def run_demo(device: torch.device, dtype: torch.dtype = torch.float32, frames=32, size=24, embed_dim=768,
@@ -44,7 +44,7 @@ def run_demo(device: torch.device, dtype: torch.dtype = torch.float32, frames=32
         return (tokens[0, planted_frame // kernel[0]].float() @ signal_unit).mean().item() / signal.norm().item()
 
     return {
-        "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+        "device": str(device), "dtype": dtype_name(dtype),
         "tokens_before": frames * size * size, "tokens_after": pooled.shape[1:4].numel(),
         "pooled_shape": tuple(pooled.shape), "seconds": seconds,
         "relevance_mass_on_planted": mass, "planted_tokens": relevance[planted].numel(),

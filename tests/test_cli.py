@@ -65,7 +65,8 @@ def test_bench_ops_reports_unsupported_references_instead_of_failing(capsys):
     assert main([*TINY_BENCH, "--dtype", "bfloat16", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     avg = report["ops"]["prompt_guided_pool"]["D=32"]["avg_pool3d"]
-    assert "fwd_ms" in avg or "unsupported" in avg
+    ratio = report["ratios"]["prompt_guided_pool D=32"]["avg_pool3d_over_impl_fwd"]
+    assert ("unsupported" in avg) == (ratio is None) != ("fwd_ms" in avg)  # a ratio exactly when it was timed
     assert report["ops"]["prompt_guided_pool"]["D=32"]["cpu"]["fwd_bwd_ms"] > 0
 
 
