@@ -17,8 +17,9 @@ setup(
     packages=find_packages(include=["ppllava", "ppllava.*", "backends", "backends.*"]),
     install_requires=[
         "torch>=2.6",
-        "transformers>=4.57",
+        "transformers>=5.24,<6",  # the dataclass configs (SubConfigSpec) of 5.2x; tested with 5.24
         "safetensors",
+        "tokenizers",
         "numpy",
         "pyyaml",
         "tqdm",

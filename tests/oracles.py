@@ -43,3 +43,22 @@ def relevance_loop(video, text, logit_scale, mask=None):
         for (t, h, w), v in logits.items():
             out[b, t, h, w] = math.exp(v - top) / total
     return out
+
+
+def long_clip_positions(old, keep=20):
+    """Long-CLIP's published loop for the 4x stretched position table (the reference the paper follows)."""
+    length, dim = old.shape
+    new = torch.zeros(4 * length - 3 * keep, dim, dtype=torch.float64)
+    old = old.double()
+    for i in range(keep):
+        new[i] = old[i]
+    for i in range(length - 1 - keep):
+        a, b = old[i + keep], old[i + 1 + keep]
+        new[4 * i + keep] = a
+        new[4 * i + 1 + keep] = 3 * a / 4 + 1 * b / 4
+        new[4 * i + 2 + keep] = 2 * a / 4 + 2 * b / 4
+        new[4 * i + 3 + keep] = 1 * a / 4 + 3 * b / 4
+    last, step = old[length - 1], old[length - 1] - old[length - 2]
+    for j in range(4):
+        new[4 * length - 3 * keep - 4 + j] = last + j * step / 4
+    return new

@@ -1,0 +1,66 @@
+"""Loading a saved PPLLaVA with errors that name what does not fit, before any weight is read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .config import PPLLaVAConfig
+from .modeling import PPLLaVAForConditionalGeneration
+
+TIED_HEAD = "language_model.lm_head.weight"      # absent from checkpoints of LLMs with tied embeddings
+
+
+def expected_shapes(config: PPLLaVAConfig) -> dict[str, tuple[int, ...]]:
+    """Every persistent tensor of PPLLaVAForConditionalGeneration(config), built on the meta device."""
+    with torch.device("meta"):
+        model = PPLLaVAForConditionalGeneration(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_shapes(config: PPLLaVAConfig, shapes: dict[str, tuple[int, ...]], what: str, tied: set[str] = frozenset()) -> None:
+    """ValueError naming missing, unexpected and wrongly shaped tensors (`tied` names may be absent)."""
+    expected = expected_shapes(config)
+    missing = sorted(set(expected) - set(shapes) - set(tied))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong = sorted(k for k in set(shapes) & set(expected) if shapes[k] != expected[k])
+    problems = ([f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"] if missing else []) + \
+               ([f"unexpected {', '.join(unexpected[:4])}{' ...' if len(unexpected) > 4 else ''}"] if unexpected else []) + \
+               [f"{k} is {list(shapes[k])} but the config needs {list(expected[k])}" for k in wrong[:3]]
+    if problems:
+        raise ValueError(f"{what} does not fit its config: " + "; ".join(problems))
+
+
+def _checkpoint_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
+    index = directory / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    shapes = {}
+    for name in files:
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"checkpoint {directory}: {name} is missing")
+        with safe_open(directory / name, framework="pt") as f:
+            shapes.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
+    return shapes
+
+
+def read_config(directory: str | Path) -> PPLLaVAConfig:
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {directory}: no config.json")
+    model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type")
+    if model_type != PPLLaVAConfig.model_type:
+        raise ValueError(f"checkpoint {directory} is a {model_type!r} model, not ppllava "
+                         f"(convert a base model first: ppllava convert --base ... --text-tower ... --out ...)")
+    return PPLLaVAConfig.from_pretrained(directory)
+
+
+def load_model(directory: str | Path, dtype: torch.dtype | None = None, **kwargs) -> PPLLaVAForConditionalGeneration:
+    """from_pretrained after checking every tensor's name and shape against the config."""
+    directory = Path(directory)
+    config = read_config(directory)
+    tied = {TIED_HEAD} if config.text_config.tie_word_embeddings else set()
+    check_shapes(config, _checkpoint_shapes(directory), f"checkpoint {directory}", tied)
+    return PPLLaVAForConditionalGeneration.from_pretrained(directory, config=config, dtype=dtype, **kwargs)

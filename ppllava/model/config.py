@@ -1,0 +1,124 @@
+"""PPLLaVAConfig: the vision tower, the prompt (CLIP/SigLIP text) tower, the LLM, and the pooling.
+
+Sub-configs are transformers configs: `vision_config` (clip_vision_model / siglip_vision_model),
+`prompt_config` (the paired clip_text_model / siglip_text_model, positions already extended) and
+`text_config` (the LLM: llama, qwen2, ...; named as in transformers' LLaVA so tooling finds it).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from backends.ops.pooling import output_size
+
+from .towers import family_of_vision
+
+VIDEO_KERNEL = [2, 3, 3]
+IMAGE_KERNEL = [1, 3, 3]
+
+
+class PPLLaVAConfig(PreTrainedConfig):
+    model_type = "ppllava"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model"),
+        "prompt_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_text_model"),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    prompt_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    # which vision features reach the pooling: hidden_states[vision_feature_layer]; "default" drops CLS
+    vision_feature_layer: int = -2
+    vision_feature_select_strategy: Literal["default", "full"] = "default"
+    # prompt-guided pooling; strides default to the kernels
+    video_kernel: list[int] | None = None
+    video_stride: list[int] | None = None
+    image_kernel: list[int] | None = None
+    image_stride: list[int] | None = None
+    pooling_temperature: float = 0.01
+    # exp(logit_scale) of the dual encoder (100 for OpenAI CLIP); `convert` copies it, it never trains
+    relevance_scale: float = 100.0
+    # project with the MLP before pooling (the original checkpoints; 18x the projector compute) or after
+    project_before_pooling: bool = False
+    projector_hidden_act: str = "gelu"
+    multimodal_projector_bias: bool = True
+    # placeholder tokens in the LLM's input_ids, each replaced by one visual token
+    image_token_id: int | None = None
+    video_token_id: int | None = None
+    # (keep, stretch) of the prompt tower's context extension, None if its positions are the pretrained ones
+    prompt_context_extension: list[int] | None = None
+    # parameter groups that train (the vision tower and its patch projection are frozen by default)
+    train_vision_tower: bool = False
+    train_prompt_tower: bool = True
+    train_projector: bool = True
+    train_llm: bool = True
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.video_kernel = list(self.video_kernel or VIDEO_KERNEL)
+        self.image_kernel = list(self.image_kernel or IMAGE_KERNEL)
+        self.check()
+
+    # -- derived facts -------------------------------------------------------------------------
+    def tower_family(self):
+        return family_of_vision(self.vision_config.model_type)
+
+    @property
+    def patch_grid(self) -> int:
+        """Patches per side of one frame: image_size // patch_size (CLIP-L/336: 24, SigLIP/384: 27)."""
+        return self.vision_config.image_size // self.vision_config.patch_size
+
+    def pooling_geometry(self, is_video: bool) -> tuple[list[int], list[int]]:
+        kernel = self.video_kernel if is_video else self.image_kernel
+        stride = (self.video_stride if is_video else self.image_stride) or kernel
+        return kernel, stride
+
+    def visual_tokens(self, frames: int, is_video: bool) -> int:
+        """Tokens the LLM receives for one item of `frames` frames (or crops, for an image)."""
+        kernel, stride = self.pooling_geometry(is_video)
+        t, h, w = output_size((frames, self.patch_grid, self.patch_grid), kernel, stride)
+        if min(t, h, w) < 1:
+            kind = "video" if is_video else "image"
+            raise ValueError(f"a {kind} of {frames} frame(s) of {self.patch_grid}x{self.patch_grid} patches is smaller "
+                             f"than the pooling kernel {kernel}")
+        return t * h * w
+
+    def placeholders(self, frames: int, is_video: bool) -> list[int]:
+        """The input_ids run that stands for one item: one placeholder per visual token it becomes."""
+        token = self.video_token_id if is_video and self.video_token_id is not None else self.image_token_id
+        return [token] * self.visual_tokens(frames, is_video)
+
+    # -- validation ----------------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise ValueError naming the first mismatch between the sub-configs and the pooling settings."""
+        family = self.tower_family()
+        if self.prompt_config.model_type != family.text_model_type:
+            raise ValueError(f"prompt tower {self.prompt_config.model_type!r} does not pair with vision tower "
+                             f"{self.vision_config.model_type!r} (expected {family.text_model_type!r})")
+        text_dim, patch_dim = family.text_dim(self.prompt_config), family.patch_dim(self.vision_config)
+        if text_dim != patch_dim:
+            raise ValueError(f"prompt tower projects to {text_dim} dims but the vision patch projection gives "
+                             f"{patch_dim}: the relevance map needs both in one space")
+        layers = self.vision_config.num_hidden_layers
+        if not -(layers + 1) <= self.vision_feature_layer <= layers:
+            raise ValueError(f"vision_feature_layer {self.vision_feature_layer} is outside the vision tower's "
+                             f"hidden states (-{layers + 1}..{layers})")
+        if self.vision_feature_select_strategy not in ("default", "full"):
+            raise ValueError(f"vision_feature_select_strategy must be 'default' or 'full', "
+                             f"got {self.vision_feature_select_strategy!r}")
+        for name in ("video_kernel", "video_stride", "image_kernel", "image_stride"):
+            value = getattr(self, name)
+            if value is not None and (len(value) != 3 or not all(isinstance(v, int) and v > 0 for v in value)):
+                raise ValueError(f"{name} must be three positive ints (t, h, w), got {value}")
+        for name in ("pooling_temperature", "relevance_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        vocab = self.text_config.vocab_size
+        for name in ("image_token_id", "video_token_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < vocab:
+                raise ValueError(f"{name} {value} is outside the LLM's vocabulary (0..{vocab - 1})")

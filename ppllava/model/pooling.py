@@ -1,0 +1,44 @@
+"""PromptGuidedPooling: the prompt tower, the per-patch visual projection, and the two backend ops."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import backends
+
+from .config import PPLLaVAConfig
+
+
+class PromptGuidedPooling(nn.Module):
+    """relevance = softmax over the item of relevance_scale * cos(patch_projection(patches), text_embeds);
+    each window of x is then averaged with weights softmax(relevance_window / temperature)."""
+
+    def __init__(self, config: PPLLaVAConfig):
+        super().__init__()
+        self.config = config
+        self.family = config.tower_family()
+        self.prompt_tower = self.family.text_class(config.prompt_config)
+        self.patch_projection = self.family.patch_projection(config.vision_config)
+
+    @property
+    def prompt_max_length(self) -> int:
+        return self.config.prompt_config.max_position_embeddings
+
+    def encode_prompt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) prompt ids -> (B, C) projected text features."""
+        if input_ids.shape[1] > self.prompt_max_length:
+            raise ValueError(f"prompt_input_ids: {input_ids.shape[1]} tokens, more than the prompt tower's "
+                             f"{self.prompt_max_length} positions (tokenize with encode_prompts, which truncates)")
+        return self.family.text_embeds(self.prompt_tower, input_ids, attention_mask)
+
+    def relevance(self, patches: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """patches (n, T, h, w, Dv) from the vision tower, text_embeds (n, C) -> (n, T, h, w)."""
+        return backends.relevance_map(self.patch_projection(patches), text_embeds, self.config.relevance_scale)
+
+    def forward(self, patches: torch.Tensor, text_embeds: torch.Tensor, x: torch.Tensor, is_video: bool) -> torch.Tensor:
+        """Pool x (n, T, h, w, D) guided by the relevance of `patches` to `text_embeds` -> (n, T', h', w', D)."""
+        kernel, stride = self.config.pooling_geometry(is_video)
+        relevance = self.relevance(patches, text_embeds)
+        return backends.prompt_guided_pool(x, relevance, kernel=kernel, stride=stride,
+                                           temperature=self.config.pooling_temperature)

@@ -1,0 +1,144 @@
+"""The CLIP-style dual encoders PPLLaVA can pool with, as data: one `TowerFamily` per family.
+
+A family says which transformers classes make its vision tower, its text (prompt) tower and its dual
+model, how the text tower is read (pooled, projected features) and how patch tokens are brought into
+the same space (the per-token visual projection). Adding a family (InternViT + a contrastively aligned
+text tower) is one more entry in FAMILIES.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import CLIPModel, CLIPTextModelWithProjection, SiglipModel, SiglipTextModel
+from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
+
+
+class CLIPPatchProjection(nn.Module):
+    """CLIP's image-embedding path applied to every patch token: post-LayerNorm, then visual projection."""
+
+    def __init__(self, vision_config):
+        super().__init__()
+        self.post_layernorm = nn.LayerNorm(vision_config.hidden_size, eps=vision_config.layer_norm_eps)
+        self.visual_projection = nn.Linear(vision_config.hidden_size, vision_config.projection_dim, bias=False)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return self.visual_projection(self.post_layernorm(patches))
+
+    def load_from_dual(self, dual) -> None:
+        self.post_layernorm.load_state_dict(dual.vision_model.post_layernorm.state_dict())
+        self.visual_projection.load_state_dict(dual.visual_projection.state_dict())
+
+
+class SiglipPatchProjection(nn.Module):
+    """SigLIP's image-embedding path applied to every patch token on its own: post-LayerNorm, then the
+    attention-pooling head over a one-token sequence (its attention weight is 1: out_proj(v_proj(x)),
+    then the head's residual MLP)."""
+
+    def __init__(self, vision_config):
+        super().__init__()
+        self.post_layernorm = nn.LayerNorm(vision_config.hidden_size, eps=vision_config.layer_norm_eps)
+        self.head = SiglipMultiheadAttentionPoolingHead(vision_config)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        shape = patches.shape
+        tokens = self.post_layernorm(patches).reshape(-1, 1, shape[-1])
+        return self.head(tokens).reshape(*shape[:-1], -1)
+
+    def load_from_dual(self, dual) -> None:
+        self.post_layernorm.load_state_dict(dual.vision_model.post_layernorm.state_dict())
+        self.head.load_state_dict(dual.vision_model.head.state_dict())
+
+
+class TowerFamily:
+    """What PPLLaVA needs to know about one dual-encoder family. Subclasses fill in the class attributes."""
+
+    name: str
+    vision_model_type: str          # the vision tower's config model_type
+    text_model_type: str            # the text (prompt) tower's config model_type
+    dual_model_type: str            # the paired dual encoder's config model_type (what convert reads)
+    text_class: type                # transformers class of the text tower (its output is projected)
+    dual_class: type                # transformers class of the dual encoder `convert` reads the towers from
+    patch_projection: type          # nn.Module mapping patch tokens into the text space
+    position_embedding_path: str    # the text tower's position table, as a submodule path
+    pad_prompts_to_max: bool        # tokenize prompts to max length (SigLIP) or to the longest (CLIP)
+
+    def text_dim(self, text_config) -> int:
+        raise NotImplementedError
+
+    def patch_dim(self, vision_config) -> int:
+        raise NotImplementedError
+
+    def text_embeds(self, tower, input_ids, attention_mask) -> torch.Tensor:
+        """(B, L) prompt ids -> (B, C) pooled, projected text features."""
+        raise NotImplementedError
+
+    def text_state_from_dual(self, dual) -> dict[str, torch.Tensor]:
+        """The text tower's state dict, in `text_class`'s key layout, taken from a loaded dual model."""
+        raise NotImplementedError
+
+
+class ClipFamily(TowerFamily):
+    name, vision_model_type, text_model_type, dual_model_type = "clip", "clip_vision_model", "clip_text_model", "clip"
+    text_class, dual_class, patch_projection = CLIPTextModelWithProjection, CLIPModel, CLIPPatchProjection
+    position_embedding_path = "text_model.embeddings.position_embedding"
+    pad_prompts_to_max = False
+
+    def text_dim(self, text_config):
+        return text_config.projection_dim
+
+    def patch_dim(self, vision_config):
+        return vision_config.projection_dim
+
+    def text_embeds(self, tower, input_ids, attention_mask):
+        return tower(input_ids=input_ids, attention_mask=attention_mask).text_embeds
+
+    def text_state_from_dual(self, dual):
+        state = {f"text_model.{k}": v for k, v in dual.text_model.state_dict().items()}
+        state.update({f"text_projection.{k}": v for k, v in dual.text_projection.state_dict().items()})
+        return state
+
+
+class SiglipFamily(TowerFamily):
+    name, vision_model_type, text_model_type, dual_model_type = "siglip", "siglip_vision_model", "siglip_text_model", "siglip"
+    text_class, dual_class, patch_projection = SiglipTextModel, SiglipModel, SiglipPatchProjection
+    position_embedding_path = "embeddings.position_embedding"
+    pad_prompts_to_max = True
+
+    def text_dim(self, text_config):
+        return text_config.projection_size
+
+    def patch_dim(self, vision_config):
+        return vision_config.hidden_size
+
+    def text_embeds(self, tower, input_ids, attention_mask):
+        # SigLIP was trained without an attention mask on max-length padded text, and pools the last
+        # position; passing the mask would change every prompt's features.
+        return tower(input_ids=input_ids).pooler_output
+
+    def text_state_from_dual(self, dual):
+        return dict(dual.text_model.state_dict())
+
+
+FAMILIES: dict[str, TowerFamily] = {f.name: f for f in (ClipFamily(), SiglipFamily())}
+
+
+def family_of_vision(model_type: str) -> TowerFamily:
+    for family in FAMILIES.values():
+        if family.vision_model_type == model_type:
+            return family
+    known = ", ".join(f.vision_model_type for f in FAMILIES.values())
+    raise ValueError(f"unknown vision tower architecture {model_type!r}; supported: {known}")
+
+
+def family_of_dual(model_type: str) -> TowerFamily:
+    for family in FAMILIES.values():
+        if family.dual_model_type == model_type:
+            return family
+    text_only = {f.text_model_type: f for f in FAMILIES.values()}
+    if model_type in text_only or model_type.endswith("_with_projection"):
+        raise ValueError(f"the text tower checkpoint is a bare {model_type!r}: it is missing the visual projection "
+                         f"that maps patch tokens into the text space; pass the paired dual model "
+                         f"({', '.join(f.dual_model_type for f in FAMILIES.values())}) instead")
+    known = ", ".join(f.dual_model_type for f in FAMILIES.values())
+    raise ValueError(f"unknown text tower architecture {model_type!r}; supported dual models: {known}")

@@ -1,0 +1,28 @@
+"""The prompt tower sees the current user question only: never answers, never the system prompt."""
+
+import pytest
+
+from ppllava.conversation import current_question
+
+CHAT = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What is the man holding?"}]},
+    {"role": "assistant", "content": "A red umbrella."},
+    {"role": "user", "content": "  And what does he do next?  "},
+    {"role": "assistant", "content": "He opens the door."},
+]
+
+
+def test_last_user_question_by_default():
+    assert current_question(CHAT) == "And what does he do next?"
+
+
+def test_a_given_turn_and_visual_parts_dropped():
+    assert current_question(CHAT, turn=0) == "What is the man holding?"
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="no user message"):
+        current_question(CHAT[:1])
+    with pytest.raises(ValueError, match="turn 2 does not exist: the conversation has 2 user message"):
+        current_question(CHAT, turn=2)

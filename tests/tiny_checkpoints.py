@@ -1,0 +1,107 @@
+"""Tiny random checkpoints of the real architectures, saved like Hugging Face folders (no download).
+
+LLaVA-OneVision (SigLIP + Qwen2) with its paired SigLIP dual model, LLaVA-NeXT (CLIP + Llama) with
+its paired CLIP dual model, and tiny byte-level BPE tokenizers trained offline.
+"""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (CLIPConfig, CLIPModel, LlavaNextConfig, LlavaNextForConditionalGeneration,
+                          LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, PreTrainedTokenizerFast,
+                          SiglipConfig, SiglipModel)
+
+CORPUS = ["what happens in the video after the man opens the door",
+          "describe the image in detail", "how many people are there", "the cat sits on the red mat",
+          "a person is cooking food in a small kitchen while music plays"] * 20
+LAYERS = dict(intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+
+
+def make_tokenizer(vocab_size: int, specials: list[str], bos: str | None, eos: str, extra: tuple[str, ...] = ()):
+    """A byte-level BPE tokenizer; specials get ids 0.., `extra` tokens are added after the vocabulary."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A {eos}", special_tokens=[(bos, tok.token_to_id(bos)), (eos, tok.token_to_id(eos))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=eos)
+    fast.add_special_tokens({"additional_special_tokens": list(extra)})
+    return fast
+
+
+def save_siglip_pair(directory, hidden=32, vision_hidden=None, image_size=54):
+    """A SiglipModel (text max 64 positions) and its tokenizer; 54 px / patch 2 = the 27x27 grid of SigLIP-384."""
+    tokenizer = make_tokenizer(300, ["<pad>", "</s>", "<unk>"], None, "</s>")
+    vision_hidden = vision_hidden or hidden
+    config = SiglipConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden, max_position_embeddings=64,
+                         projection_size=vision_hidden, pad_token_id=0, eos_token_id=1, **LAYERS),
+        vision_config=dict(hidden_size=vision_hidden, image_size=image_size, patch_size=2, **LAYERS))
+    torch.manual_seed(1)
+    model = SiglipModel(config)
+    with torch.no_grad():
+        model.logit_scale.fill_(4.7)
+    model.save_pretrained(directory)
+    tokenizer.model_max_length = 64
+    tokenizer.save_pretrained(directory)
+    return model
+
+
+def save_clip_pair(directory, hidden=32, image_size=48):
+    """A CLIPModel (text max 77 positions) and its tokenizer; 48 px / patch 2 = the 24x24 grid of CLIP-L/336."""
+    tokenizer = make_tokenizer(300, ["<|startoftext|>", "<|endoftext|>"], "<|startoftext|>", "<|endoftext|>")
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden, max_position_embeddings=77, projection_dim=16,
+                         bos_token_id=0, eos_token_id=1, pad_token_id=1, **LAYERS),
+        vision_config=dict(hidden_size=hidden, image_size=image_size, patch_size=2, projection_dim=16, **LAYERS),
+        projection_dim=16)
+    torch.manual_seed(2)
+    model = CLIPModel(config)
+    model.save_pretrained(directory)
+    tokenizer.model_max_length = 77
+    tokenizer.save_pretrained(directory)
+    return model
+
+
+def _llm_tokenizer():
+    return make_tokenizer(300, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, "<|endoftext|>",
+                          extra=("<image>", "<video>"))
+
+
+def save_llava_onevision(directory, vision_hidden=32, image_size=54):
+    tokenizer = _llm_tokenizer()
+    image_id, video_id = tokenizer.convert_tokens_to_ids(["<image>", "<video>"])
+    config = LlavaOnevisionConfig(
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=vision_hidden, image_size=image_size,
+                           patch_size=2, vision_use_head=False, **LAYERS),
+        text_config=dict(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                         eos_token_id=0, pad_token_id=0),
+        image_token_index=image_id, video_token_index=video_id, vision_feature_layer=-1,
+        vision_feature_select_strategy="full")
+    torch.manual_seed(3)
+    model = LlavaOnevisionForConditionalGeneration(config)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return model
+
+
+def save_llava_next(directory, image_size=48):
+    tokenizer = _llm_tokenizer()
+    config = LlavaNextConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, image_size=image_size, patch_size=2,
+                           projection_dim=16, **LAYERS),
+        text_config=dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                         eos_token_id=0, pad_token_id=0),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
+        vision_feature_select_strategy="default", image_grid_pinpoints=[[image_size, image_size]])
+    torch.manual_seed(4)
+    model = LlavaNextForConditionalGeneration(config)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return model
