@@ -13,9 +13,9 @@ import sys
 
 from backends import DeviceUnavailable, ImplementationUnavailable
 
-from . import bench, demo, env, parity
+from . import bench, convert, demo, env, parity
 
-COMMANDS = (env, parity, bench, demo)
+COMMANDS = (env, convert, parity, bench, demo)
 USER_ERRORS = (ValueError, FileNotFoundError, DeviceUnavailable, ImplementationUnavailable)
 
 
