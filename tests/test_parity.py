@@ -8,7 +8,8 @@ from ppllava.cli import main
 from ppllava.parity import CASES, check, compare, load_golden, record
 
 FAST = [c for c in CASES if c.name in ("relevance_map/masked", "prompt_guided_pool/video(2,3,3)",
-                                        "relevance_map->prompt_guided_pool")]
+                                        "relevance_map->prompt_guided_pool", "model/tiny:logits")]
+MODEL = [c for c in CASES if c.name == "model/tiny:logits"]
 
 
 def test_metrics_by_hand():
@@ -84,6 +85,24 @@ def test_a_subtly_wrong_implementation_fails(tmp_path, op_name, wrong, dtypes):
     failed = {(r.dtype, r.case) for r in rows if not r.comparison.ok}
     for dtype in dtypes:
         assert (dtype, "relevance_map->prompt_guided_pool") in failed
+    assert ("float32", "model/tiny:logits") in failed         # the model's logits show it too
+
+
+def test_model_case_is_the_tiny_models_logits(tmp_path):
+    path = tmp_path / "golden.pt"
+    record(path, torch.device("cpu"), ("float32",), MODEL)
+    golden = load_golden(path)["results"]["float32"]["model/tiny:logits"]
+    assert golden["out"].shape[-1] == 512 and set(golden) == {"out", "grad/pixel_values"}
+    assert golden["grad/pixel_values"].abs().sum() > 0       # the backward reached the pixels
+    # another model (other weights) fails it
+    from ppllava.parity import cases
+    original = cases.MODEL_SEED
+    cases.MODEL_SEED = original + 1
+    try:
+        rows = check(load_golden(path), torch.device("cpu"), cases=MODEL)
+    finally:
+        cases.MODEL_SEED = original
+    assert not any(r.comparison.ok for r in rows)
 
 
 def test_golden_without_the_dtype_is_a_clear_error(tmp_path):

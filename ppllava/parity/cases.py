@@ -22,6 +22,7 @@ class Case:
     make_inputs: Callable[[torch.Generator], dict[str, torch.Tensor]]
     run: Callable[..., torch.Tensor]
     differentiable: tuple[str, ...]
+    rule: str = "op"              # "model" for whole-network outputs (see compare.py)
 
     @property
     def seed(self) -> int:
@@ -62,6 +63,26 @@ def _chain(video_embeds, text_embeds, x):
     return backends.prompt_guided_pool(x, S, kernel=(2, 3, 3))
 
 
+MODEL_ITEMS = [(4, True, 0), (2, False, 1), (1, False, 1)]   # a video; a 2-crop image and an image
+MODEL_SEED = 1234
+
+
+def _model_inputs(gen):
+    from ppllava.model import load_config
+    from ppllava.model.synthetic import make_batch
+
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+    return make_batch(load_config("tiny"), MODEL_ITEMS, seed=seed)
+
+
+def _model_logits(pixel_values, **batch):
+    """Logits of the tiny model (fixed-seed weights, built on the CPU, then moved) on a fixed batch."""
+    from ppllava.model import build_model
+
+    model = build_model("tiny", seed=MODEL_SEED).eval().to(device=pixel_values.device, dtype=pixel_values.dtype)
+    return model(pixel_values=pixel_values, **batch).logits
+
+
 CASES: list[Case] = [
     Case("relevance_map", lambda g: _video_and_text(g, 2, 8, 6, 6, 64),
          lambda video_embeds, text_embeds: backends.relevance_map(video_embeds, text_embeds, 100.0),
@@ -79,6 +100,7 @@ CASES: list[Case] = [
          lambda x, relevance: backends.prompt_guided_pool(x, relevance, kernel=(2, 3, 3), stride=(1, 2, 2)),
          ("x", "relevance")),
     Case("relevance_map->prompt_guided_pool", _chain_inputs, _chain, ("video_embeds", "text_embeds", "x")),
+    Case("model/tiny:logits", _model_inputs, _model_logits, ("pixel_values",), rule="model"),
 ]
 
 

@@ -12,6 +12,11 @@ Metrics of a result `a` against a golden `g` (both read as float64):
 A tensor fails when it holds nan/inf, or by the peers' rule (cosine < 0.99 with max_abs > 1e-3,
 cosine < 0.9, max_abs > 1), or when mean_rel > mere(dtype), or when more than 1/1000 of its elements
 are off. Golden and result are always of the same dtype (a golden file holds one set per dtype).
+
+Whole-model tensors (rule "model": the logits of a network and their input grads) carry every
+rounding difference of the ops through the layers after them, so their elements are not held to the
+op limits; they pass the peers' rule and a per-dtype cosine floor (MODEL_COSINE), set 30x or more
+outside what native and cpu implementations measured apart (bf16 1 - cosine 2.7e-5, fp16 1e-6).
 The limits were set on measured data: a correct implementation run with another summation order
 stays 10x inside them, while a 5% temperature error, a per-frame softmax or TF32-rounded relevance
 fail (tests/test_parity.py keeps both sides of that true).
@@ -37,6 +42,8 @@ TOLERANCES = {
     torch.float16: Tolerance(small=2**-10, off=2**-8, mere=2**-10),
     torch.bfloat16: Tolerance(small=2**-10, off=2**-6, mere=2**-8),
 }
+MODEL_COSINE = {torch.float64: 1 - 2**-40, torch.float32: 1 - 2**-20, torch.float16: 1 - 2**-14,
+                torch.bfloat16: 1 - 2**-10}
 OFF_BUDGET = 1e-3  # at most one element in a thousand may be off
 RMS_FLOOR = 1e-3
 
@@ -58,8 +65,8 @@ class Comparison:
         return asdict(self)
 
 
-def compare(result: torch.Tensor, golden: torch.Tensor, dtype: torch.dtype) -> Comparison:
-    """Compare `result` (run in `dtype`) with `golden`; shapes must match."""
+def compare(result: torch.Tensor, golden: torch.Tensor, dtype: torch.dtype, rule: str = "op") -> Comparison:
+    """Compare `result` (run in `dtype`) with `golden` under `rule` ("op" or "model"); shapes must match."""
     if tuple(result.shape) != tuple(golden.shape):
         nan = float("nan")
         return Comparison(nan, nan, nan, nan, nan, (f"shape {tuple(result.shape)} != golden {tuple(golden.shape)}",))
@@ -83,6 +90,10 @@ def compare(result: torch.Tensor, golden: torch.Tensor, dtype: torch.dtype) -> C
         failures.append(f"cosine {cosine:.6f}")
     if max_abs > 1:
         failures.append(f"max_abs {max_abs:.3g} > 1")
+    if rule == "model":
+        if cosine < MODEL_COSINE[dtype]:
+            failures.append(f"cosine {cosine:.7f} < {MODEL_COSINE[dtype]:.7f}")
+        return Comparison(cosine, max_abs, max_rel, mean_rel, off_ratio, tuple(failures))
     if mean_rel > tol.mere:
         failures.append(f"mean_rel {mean_rel:.3g} > {tol.mere:.3g}")
     if off_ratio > OFF_BUDGET:

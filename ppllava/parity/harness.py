@@ -107,7 +107,7 @@ def check(golden: dict, device: torch.device, dtypes=None, cases: list[Case] | N
             expected = recorded[name][case.name]
             got = run_case(case, device, dtype)
             for tensor_name, value in expected.items():
-                rows.append(Row(case.name, tensor_name, name, compare(got[tensor_name], value, dtype)))
+                rows.append(Row(case.name, tensor_name, name, compare(got[tensor_name], value, dtype, case.rule)))
     return rows
 
 
