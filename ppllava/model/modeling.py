@@ -122,7 +122,7 @@ class PPLLaVAForConditionalGeneration(PPLLaVAPreTrainedModel):
         for (is_video, t), items in groups.items():      # items of one kind and length pool as one batch
             index = torch.cat([torch.arange(starts[i], starts[i] + t) for i in items]).to(patches.device)
             p = patches.index_select(0, index).unflatten(0, (len(items), t))
-            xs = x.index_select(0, index).unflatten(0, (len(items), t))
+            xs = p if x is patches else x.index_select(0, index).unflatten(0, (len(items), t))
             pooled = self.prompt_pooling(p, text[[samples[i] for i in items]], xs, is_video).flatten(1, 3)
             for j, i in enumerate(items):
                 tokens[i] = pooled[j]
