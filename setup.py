@@ -23,13 +23,17 @@ setup(
         "numpy",
         "pyyaml",
         "tqdm",
+        "pillow",  # images and frame folders; the resize itself is torch (ppllava/data/preprocess.py)
     ],
     extras_require={
         "train": ["deepspeed>=0.16"],
         "cuda": ["triton>=3.1"],
         "npu": ["torch-npu"],  # needs the CANN toolkit; version must match torch (see README)
+        # decord has no aarch64 wheel (most Ascend hosts): PyAV is the fallback reader there
         "video": ["decord>=0.6; platform_machine == 'x86_64'", "av>=12"],
-        "dev": ["pytest>=8"],
+        # needs FFmpeg 4-8 shared libraries on the system and a release that matches your torch
+        "torchcodec": ["torchcodec"],
+        "dev": ["pytest>=8", "av>=12", "decord>=0.6; platform_machine == 'x86_64'"],
     },
     entry_points={"console_scripts": ["ppllava=ppllava.cli:main"]},
 )

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ppllava.conversation import current_question
+from ppllava.conversation import current_question, pooling_prompt
 
 CHAT = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -26,3 +26,11 @@ def test_errors():
         current_question(CHAT[:1])
     with pytest.raises(ValueError, match="turn 2 does not exist: the conversation has 2 user message"):
         current_question(CHAT, turn=2)
+
+
+def test_pooling_prompt_is_the_questions_so_far_without_answers_or_system():
+    assert pooling_prompt(CHAT) == "What is the man holding?\nAnd what does he do next?"
+    assert pooling_prompt(CHAT, turn=0) == "What is the man holding?"
+    assert "umbrella" not in pooling_prompt(CHAT) and "helpful" not in pooling_prompt(CHAT)
+    with pytest.raises(ValueError, match="no user message"):
+        pooling_prompt(CHAT[:1])

@@ -67,13 +67,22 @@ def save_clip_pair(directory, hidden=32, image_size=48):
     return model
 
 
-def _llm_tokenizer():
-    return make_tokenizer(300, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, "<|endoftext|>",
-                          extra=("<image>", "<video>"))
+# Qwen2's ChatML template, reduced: a default system prompt, then <|im_start|>role\ncontent<|im_end|>\n
+CHATML = ("{% for m in messages %}{% if loop.first and m['role'] != 'system' %}<|im_start|>system\n"
+          "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+          "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def llm_tokenizer():
+    """The tiny LLM tokenizer: ChatML specials, <image> / <video> tokens (ids 300, 301), a chat template."""
+    tokenizer = make_tokenizer(300, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, "<|endoftext|>",
+                               extra=("<image>", "<video>"))
+    tokenizer.chat_template = CHATML
+    return tokenizer
 
 
 def save_llava_onevision(directory, vision_hidden=32, image_size=54):
-    tokenizer = _llm_tokenizer()
+    tokenizer = llm_tokenizer()
     image_id, video_id = tokenizer.convert_tokens_to_ids(["<image>", "<video>"])
     config = LlavaOnevisionConfig(
         vision_config=dict(model_type="siglip_vision_model", hidden_size=vision_hidden, image_size=image_size,
@@ -91,7 +100,7 @@ def save_llava_onevision(directory, vision_hidden=32, image_size=54):
 
 
 def save_llava_next(directory, image_size=48):
-    tokenizer = _llm_tokenizer()
+    tokenizer = llm_tokenizer()
     config = LlavaNextConfig(
         vision_config=dict(model_type="clip_vision_model", hidden_size=32, image_size=image_size, patch_size=2,
                            projection_dim=16, **LAYERS),

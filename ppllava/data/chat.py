@@ -1,0 +1,125 @@
+"""Conversations to LLM input_ids and labels through the tokenizer's own chat template.
+
+Each medium is written into the rendered text as the tokenizer's <image> / <video> token, which must
+be one token whose id is the model's image_token_id / video_token_id; after tokenizing, each is
+expanded to its item's placeholder run (config.placeholders(frames, is_video)).
+
+Labels: only the assistant turns are learned. A turn's span is found on the rendered text, between
+the render of the messages before it (with the generation prompt) and the render up to it, so it
+holds the answer and the template's end-of-turn tokens; every other token is -100. A template whose
+renders are not prefixes of each other cannot be masked this way and is refused.
+
+Maximum length, counted after placeholder expansion: trailing turns are dropped (a user message and
+the answers after it) while more than one answered turn is left and the dropped turns hold no media;
+a sample still too long raises TooLong (the training data skips and counts it; nothing is truncated
+through an answer or a run of visual tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import DataError
+
+IGNORE = -100
+
+
+class TooLong(DataError):
+    """The shortest form of a sample (its first answered turn, all media) exceeds max_length."""
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: torch.Tensor           # (L,) long, placeholders expanded
+    labels: torch.Tensor              # (L,) long, IGNORE outside the assistant turns
+    messages: tuple[dict, ...]        # the messages kept (after dropping trailing turns)
+
+
+def _text(message: dict, marks: dict[str, str]) -> str:
+    content = message["content"]
+    if isinstance(content, str):
+        return content
+    return "\n".join(marks[p["type"]] if p["type"] in marks else p["text"] for p in content)
+
+
+class ChatEncoder:
+    """Render, tokenize, mask and expand conversations for one LLM tokenizer and model config."""
+
+    def __init__(self, tokenizer, image_token_id: int, video_token_id: int | None = None,
+                 image_token: str = "<image>", video_token: str = "<video>"):
+        if not getattr(tokenizer, "chat_template", None):
+            raise DataError(f"tokenizer {type(tokenizer).__name__} has no chat template: the LLM's chat format is unknown")
+        if not getattr(tokenizer, "is_fast", False):
+            raise DataError("a fast tokenizer is needed (the labels are placed by character offsets)")
+        self.tokenizer = tokenizer
+        self.marks = {"image": image_token, "video": video_token if video_token_id is not None else image_token}
+        self.ids = {"image": image_token_id, "video": video_token_id if video_token_id is not None else image_token_id}
+        for kind, mark in self.marks.items():
+            got = tokenizer(f"a{mark}b", add_special_tokens=False)["input_ids"].count(self.ids[kind])
+            if got != 1:
+                raise DataError(f"tokenizer does not encode {mark!r} as the one token {self.ids[kind]} the model expects "
+                                f"for {kind} placeholders (add it as a special token, or fix {kind}_token_id)")
+
+    @classmethod
+    def for_config(cls, tokenizer, config) -> "ChatEncoder":
+        return cls(tokenizer, config.image_token_id, config.video_token_id)
+
+    def render(self, messages, add_generation_prompt: bool = False) -> str:
+        chat = [{"role": m["role"], "content": _text(m, self.marks)} for m in messages]
+        return self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def _assistant_spans(self, messages, full: str) -> list[tuple[int, int]]:
+        spans = []
+        for k, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            before, upto = self.render(messages[:k], add_generation_prompt=True), self.render(messages[:k + 1])
+            if not (upto.startswith(before) and full.startswith(upto)):
+                raise DataError("the chat template's renders of a conversation and its first turns are not prefixes "
+                                "of each other: assistant turns cannot be located for the labels")
+            spans.append((len(before), len(upto)))
+        return spans
+
+    def encode(self, messages, runs: list[list[int]], add_generation_prompt: bool = False) -> Encoded:
+        """input_ids and labels of `messages`, each medium's mark expanded to its run in `runs` (in order)."""
+        messages = tuple(messages)
+        full = self.render(messages, add_generation_prompt)
+        spans = [] if add_generation_prompt else self._assistant_spans(messages, full)
+        enc = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+        ids, labels, pending = [], [], list(runs)
+        placeholder = set(self.ids.values())
+        for token, (start, _) in zip(enc["input_ids"], enc["offset_mapping"]):
+            if token in placeholder:
+                if not pending:
+                    raise DataError(f"the conversation has more media marks than its {len(runs)} media")
+                run = pending.pop(0)
+                if run and run[0] != token:
+                    raise DataError(f"medium {len(runs) - len(pending) - 1}: its mark token {token} does not match "
+                                    f"its placeholder run of token {run[0]} (an image where a video is expected?)")
+                ids += run
+                labels += [IGNORE] * len(run)
+                continue
+            ids.append(token)
+            labels.append(token if any(a <= start < b for a, b in spans) else IGNORE)
+        if pending:
+            raise DataError(f"the conversation marks {len(runs) - len(pending)} media but {len(runs)} were given")
+        return Encoded(torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long), messages)
+
+    def encode_fitting(self, messages, runs: list[list[int]], max_length: int) -> Encoded:
+        """encode(), dropping trailing media-free turns to fit max_length (see the module docstring)."""
+        messages = list(messages)
+        while True:
+            out = self.encode(messages, runs)
+            if len(out.input_ids) <= max_length:
+                return out
+            last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+            tail = messages[last_user:]
+            answered = sum(m["role"] == "assistant" for m in messages[:last_user])
+            has_media = any(isinstance(m["content"], list) and any(p["type"] != "text" for p in m["content"])
+                            for m in tail)
+            if answered == 0 or has_media:
+                raise TooLong(f"{len(out.input_ids)} tokens (with {sum(map(len, runs))} visual) exceed max_length "
+                              f"{max_length} and no media-free turn is left to drop")
+            messages = messages[:last_user]

@@ -1,0 +1,104 @@
+"""The instruction-tuning dataset: samples -> frames, pixel_values, input_ids, labels, pooling prompt.
+
+Images, multi-image and video samples of every configured dataset live in one index, so a shuffled
+sampler interleaves them within a batch. Videos are sampled per their dataset's `frames` (training:
+a random position in each of N equal segments, reproducible from (seed, epoch, index); evaluation:
+segment centres); an image is one frame.
+
+Unreadable samples are never replaced: with strict=False (training) __getitem__ returns a Skipped
+record that the collator passes on for counting (see loader.SkipMonitor); with strict=True
+(inference, evaluation) it raises the UnreadableSample / TooLong error, which names the file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+from ..conversation import pooling_prompt
+from .chat import ChatEncoder, TooLong
+from .errors import UnreadableSample
+from .preprocess import Preprocessor
+from .readers import FrameFolderReader, get_reader, read_image
+from .sampling import frame_window, read_clip
+from .sources import DataConfig, Media, Sample
+
+
+@dataclass(frozen=True)
+class Item:
+    """One encoded sample: what the collator batches."""
+    input_ids: torch.Tensor           # (L,)
+    labels: torch.Tensor              # (L,)
+    pixel_values: torch.Tensor | None  # (F, 3, S, S) for all its media, or None
+    frames: tuple[int, ...]           # frames per medium
+    is_video: tuple[bool, ...]
+    prompt: str                       # the prompt tower's text
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    index: int
+    path: str
+    reason: str
+
+
+class ConversationDataset(Dataset):
+    def __init__(self, samples: list[Sample], data: DataConfig, model_config, encoder: ChatEncoder,
+                 train: bool = True, strict: bool | None = None, seed: int = 0):
+        self.samples, self.data, self.config, self.encoder = samples, data, model_config, encoder
+        self.preprocess = Preprocessor.for_config(model_config)
+        self.readers = [get_reader(spec.reader) for spec in data.datasets]   # a missing library fails here
+        self.train, self.strict, self.seed, self.epoch = train, (not train) if strict is None else strict, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """New random frame offsets each epoch (call before iterating, as with DistributedSampler)."""
+        self.epoch = epoch
+
+    def _generator(self, index: int) -> torch.Generator | None:
+        if not self.train:
+            return None
+        return torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF_FFFF)
+
+    def load_media(self, sample: Sample, generator=None) -> list[torch.Tensor]:
+        """uint8 (T, H, W, 3) frames of each medium of `sample`."""
+        out = []
+        frames = self.data.datasets[sample.dataset].frames
+        for media in sample.media:
+            if media.kind == "image":
+                out.append(read_image(media.path))
+                continue
+            reader = FrameFolderReader() if os.path.isdir(media.path) else self.readers[sample.dataset]
+            with reader.open(media.path) as clip:
+                window = (frame_window(clip.num_frames, clip.fps, *media.window, path=media.path)
+                          if media.window != (None, None) else None)
+                out.append(read_clip(clip, frames, self.train, generator, window)[0])
+        return out
+
+    def encode(self, sample: Sample, clips: list[torch.Tensor]) -> Item:
+        is_video = tuple(m.kind == "video" for m in sample.media)
+        frames = tuple(c.shape[0] for c in clips)
+        runs = [self.config.placeholders(t, v) for t, v in zip(frames, is_video)]
+        enc = self.encoder.encode_fitting(sample.messages, runs, self.data.max_length)
+        pixels = torch.cat([self.preprocess(c) for c in clips]) if clips else None
+        return Item(enc.input_ids, enc.labels, pixels, frames, is_video, pooling_prompt(list(enc.messages)),
+                    tuple(m.path for m in sample.media))
+
+    def __getitem__(self, index: int) -> Item | Skipped:
+        sample = self.samples[index]
+        try:
+            return self.encode(sample, self.load_media(sample, self._generator(index)))
+        except UnreadableSample as e:
+            if self.strict:
+                raise
+            return Skipped(index, e.path, e.reason)
+        except TooLong as e:
+            if self.strict:
+                raise
+            return Skipped(index, ", ".join(m.path for m in sample.media) or f"record {sample.record}", str(e))
