@@ -73,3 +73,26 @@ def test_bench_ops_reports_unsupported_references_instead_of_failing(capsys):
 def test_bench_rejects_non_positive_sizes(capsys):
     assert main(["bench", "ops", "--repeats", "0"]) == 2
     assert "--repeats: must be positive, got 0" in capsys.readouterr().err
+
+
+def test_bench_data_json_counts_every_frame_it_times(capsys):
+    pytest.importorskip("av")
+    args = ["bench", "data", "--readers", "pyav,frames", "--workers", "0", "--clips", "2", "--clip-frames", "10",
+            "--frames", "4", "--size", "32", "--resolution", "64x48", "--passes", "1", "--json"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(r["reader"], r["workers"]) for r in report["results"]] == [("pyav", 0), ("frames", 0)]
+    assert all(r["frames_per_s"] > 0 for r in report["results"])
+    assert report["frames_per_clip"] == 4 and "2 generated H.264 clips, 10 frames of 64x48" == report["videos"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--readers", "opencv"], "--readers: unknown ['opencv']"),
+    (["--workers", "0,x"], "--workers: expected comma-separated counts"),
+    (["--resolution", "640"], "--resolution: expected WIDTHxHEIGHT"),
+    (["--frames", "0"], "--frames: must be positive, got 0"),
+    (["--videos", "/no/such/folder"], "--videos /no/such/folder: not a folder"),
+])
+def test_bench_data_bad_arguments_exit_2(capsys, args, message):
+    assert main(["bench", "data", *args]) == 2
+    assert message in capsys.readouterr().err
