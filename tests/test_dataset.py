@@ -52,7 +52,10 @@ def root(tmp_path_factory):
         {"q": "how many people are there", "a": "one"}]}) + "\n")
     (root / "data.yaml").write_text(yaml.safe_dump({"max_length": 2048, "datasets": [
         dict(name="ll", format="llava", annotation="llava.json", root="media", frames=FRAMES),
-        dict(name="vc", format="videochat2", annotation="vc.jsonl", root="media", frames=FRAMES, reader="pyav")]}))
+        dict(name="vc", format="videochat2", annotation="vc.jsonl", root="media", frames=FRAMES, reader="pyav"),
+        dict(name="st", format="videochat2", annotation="st.jsonl", root="media", frames=FRAMES, fps=2)]}))
+    (root / "st.jsonl").write_text(json.dumps({"video": "stills", "start": 1.0, "end": 3.0, "QA": [
+        {"q": "what happens", "a": "the door opens"}]}) + "\n")
     return root
 
 
@@ -84,6 +87,8 @@ def test_evaluation_reads_the_segment_centres(parts):
     assert [frame_index(f) for f in stills] == [1, 4, 7, 10]
     short, = ds.load_media(ds.samples[7])                          # 3 frames for 4: repeats in order
     assert [frame_index(f) for f in short] == [0, 1, 1, 2]
+    window, = ds.load_media(ds.samples[8])                         # 1.0-3.0 s at fps 2: frames 2..5
+    assert [frame_index(f) for f in window] == [2, 3, 4, 5]
     image, = ds.load_media(ds.samples[1])
     assert image.shape[0] == 1 and frame_index(image[0]) == 5
 
@@ -133,6 +138,14 @@ def test_unreadable_media_is_skipped_in_training_and_an_error_in_inference(parts
         dataset(parts, train=False)[index]
 
 
+def test_a_time_window_on_frames_without_an_fps_is_skipped_with_the_fix(parts):
+    config, tokenizer, _, data, samples = parts
+    specs = data.datasets[:2] + (type(data.datasets[2])(**{**data.datasets[2].__dict__, "fps": None}),)
+    ds = ConversationDataset(samples, type(data)(datasets=specs), config, ChatEncoder.for_config(tokenizer, config))
+    item = ds[8]
+    assert isinstance(item, Skipped) and "set its dataset's fps in the data config" in item.reason
+
+
 def test_too_long_samples_are_skipped_with_the_count(parts):
     config, tokenizer, prompt_tokenizer, data, samples = parts
     short = type(data)(datasets=data.datasets, max_length=100)
@@ -147,9 +160,9 @@ def test_skips_cross_worker_processes_and_the_cap_stops_the_run(parts):
     loader = build_loader(ds, collator(parts), batch_size=3, workers=1, shuffle=False)
     monitor = SkipMonitor(total=len(ds), max_fraction=0.25)
     rows = sum(len(b["input_ids"]) for b in monitor.watch(loader))
-    assert (rows, monitor.skipped, monitor.seen) == (6, 2, 8)
+    assert (rows, monitor.skipped, monitor.seen) == (7, 2, 9)
     assert "broken.mp4" in monitor.summary() and "missing.mp4" in monitor.summary()
-    strict = SkipMonitor(total=len(ds), max_fraction=0.1)             # allows 0 of 8
+    strict = SkipMonitor(total=len(ds), max_fraction=0.1)             # allows 0 of 9
     with pytest.raises(DataError, match=r"1 samples skipped .* max_skip_fraction 0.1 allows \(0\); first: .*broken.mp4"):
         for _ in strict.watch(build_loader(ds, collator(parts), batch_size=3, workers=0, shuffle=False)):
             pass

@@ -71,7 +71,8 @@ def test_bad_input_and_presets():
         Preprocessor.for_config(config)
 
 
-@pytest.mark.parametrize("h,w,out_h,out_w", [(120, 90, 48, 64), (90, 60, 54, 54), (200, 40, 54, 54), (30, 40, 48, 64)])
+@pytest.mark.parametrize("h,w,out_h,out_w", [(120, 90, 48, 64), (90, 60, 54, 54), (200, 40, 54, 54), (30, 40, 48, 64),
+                                             (144, 150, 48, 50)])      # 3x: zero weights inside the band
 def test_cpu_uint8_kernel_and_banded_sums_agree_with_pillow(h, w, out_h, out_w):
     frames = random_frames(3, h, w, seed=h)
     x = frames.permute(0, 3, 1, 2).contiguous()

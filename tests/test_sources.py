@@ -35,12 +35,23 @@ def test_llava_without_marks_puts_media_before_the_first_user_text():
 def test_llava_text_only_and_errors():
     media, messages = parse_llava({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}, "")
     assert media == [] and kinds(messages[0]) == ["hi"]
-    with pytest.raises(ValueError, match=r"marks \['image', 'image'\] .* media \['image'\]"):
-        parse_llava({"image": "a.jpg", "conversations": [{"from": "human", "value": "<image><image>"}]}, "")
+    with pytest.raises(ValueError, match=r"2 <image>/<video> mark\(s\) in the conversation for its 1 media"):
+        parse_llava({"image": "a.jpg", "conversations": [{"from": "human", "value": "<image><image>"},
+                                                         {"from": "gpt", "value": "x"}]}, "")
+    with pytest.raises(ValueError, match=r"must open with a user turn .* got roles \['assistant', 'user'\]"):
+        parse_llava({"conversations": [{"from": "gpt", "value": "ask me"}, {"from": "human", "value": "what?"}]}, "")
+    with pytest.raises(ValueError, match="has no assistant turn"):
+        parse_llava({"image": "a.jpg", "conversations": [{"from": "human", "value": "<image> hi"}]}, "")
     with pytest.raises(ValueError, match="unknown speaker 'bot'"):
         parse_llava({"conversations": [{"from": "bot", "value": "x"}]}, "")
     with pytest.raises(ValueError, match="both 'image' and 'video'"):
         parse_llava({"image": "a", "video": "b", "conversations": []}, "")
+
+
+def test_llava_video_records_marked_with_image_become_video_parts():
+    media, messages = parse_llava({"video": "v.mp4", "conversations": [
+        {"from": "human", "value": "<image>\nWhat happens?"}, {"from": "gpt", "value": "A dog runs."}]}, "")
+    assert kinds(messages[0]) == ["video", "What happens?"] and media[0].kind == "video"
 
 
 def test_videochat2_instruction_is_system_unless_the_question_is_empty():
@@ -81,7 +92,8 @@ def test_config_paths_are_relative_to_the_file_and_samples_load(tmp_path):
 
 @pytest.mark.parametrize("datasets,extra,message", [
     ([dict(name="a", format="webvid", annotation="x", root="r")], {}, "format 'webvid' is not one of"),
-    ([dict(name="a", format="llava", annotation="x", root="r", fps=2)], {}, r"unknown key\(s\) \['fps'\]"),
+    ([dict(name="a", format="llava", annotation="x", root="r", fsp=2)], {}, r"unknown key\(s\) \['fsp'\]"),
+    ([dict(name="a", format="llava", annotation="x", root="r", fps=0)], {}, "fps must be a positive number"),
     ([dict(name="a", format="llava", annotation="x")], {}, r"needs \['root'\]"),
     ([dict(name="a", format="llava", annotation="x", root="r", frames=0)], {}, "frames must be a positive integer"),
     ([], {}, "must list at least one dataset"),
@@ -97,10 +109,15 @@ def test_annotation_errors_name_the_file_and_record(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(DataError, match="bad.json: not valid JSON"):
         read_records(bad)
+    lines = tmp_path / "bad.jsonl"
+    lines.write_text('{"QA": []}\n\n{"QA": [}\n')
+    with pytest.raises(DataError, match="bad.jsonl: line 3: not valid JSON"):
+        read_records(lines)
     with pytest.raises(FileNotFoundError, match="missing.json does not exist"):
         read_records(tmp_path / "missing.json")
     anno = tmp_path / "a.json"
-    anno.write_text(json.dumps([{"conversations": [{"from": "human", "value": "ok"}]}, {"QA": []}]))
+    anno.write_text(json.dumps([{"conversations": [{"from": "human", "value": "ok"}, {"from": "gpt", "value": "yes"}]},
+                                {"QA": []}]))
     path = write_config(tmp_path, [dict(name="a", format="llava", annotation="a.json", root=".")])
     with pytest.raises(DataError, match=r"a.json: record 1: 'conversations'"):
         load_samples(load_data_config(path))

@@ -51,7 +51,9 @@ class ConversationDataset(Dataset):
                  train: bool = True, strict: bool | None = None, seed: int = 0):
         self.samples, self.data, self.config, self.encoder = samples, data, model_config, encoder
         self.preprocess = Preprocessor.for_config(model_config)
-        self.readers = [get_reader(spec.reader) for spec in data.datasets]   # a missing library fails here
+        with_video = {s.dataset for s in samples if any(m.kind == "video" for m in s.media)}
+        self.readers = [get_reader(spec.reader) if d in with_video else None     # a missing library fails here
+                        for d, spec in enumerate(data.datasets)]
         self.train, self.strict, self.seed, self.epoch = train, (not train) if strict is None else strict, seed, 0
 
     def __len__(self) -> int:
@@ -69,16 +71,16 @@ class ConversationDataset(Dataset):
     def load_media(self, sample: Sample, generator=None) -> list[torch.Tensor]:
         """uint8 (T, H, W, 3) frames of each medium of `sample`."""
         out = []
-        frames = self.data.datasets[sample.dataset].frames
         for media in sample.media:
             if media.kind == "image":
                 out.append(read_image(media.path))
                 continue
-            reader = FrameFolderReader() if os.path.isdir(media.path) else self.readers[sample.dataset]
+            spec = self.data.datasets[sample.dataset]
+            reader = FrameFolderReader(spec.fps) if os.path.isdir(media.path) else self.readers[sample.dataset]
             with reader.open(media.path) as clip:
                 window = (frame_window(clip.num_frames, clip.fps, *media.window, path=media.path)
                           if media.window != (None, None) else None)
-                out.append(read_clip(clip, frames, self.train, generator, window)[0])
+                out.append(read_clip(clip, spec.frames, self.train, generator, window)[0])
         return out
 
     def encode(self, sample: Sample, clips: list[torch.Tensor]) -> Item:

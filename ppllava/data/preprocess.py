@@ -56,9 +56,10 @@ def bicubic_weights(in_size: int, out_size: int) -> torch.Tensor:
 def bicubic_taps(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The band of bicubic_weights: input indices (out_size, k) and their float32 weights (0 past the band)."""
     w = bicubic_weights(in_size, out_size)
-    nonzero = w != 0
-    first = nonzero.float().argmax(dim=1)
-    k = int((nonzero.sum(dim=1)).max())
+    nonzero = (w != 0).float()
+    first = nonzero.argmax(dim=1)
+    last = in_size - 1 - nonzero.flip(1).argmax(dim=1)
+    k = int((last - first + 1).max())                  # the span, not the count: the cubic is 0 at d = 1 inside it
     index = (first[:, None] + torch.arange(k)).clamp(max=in_size - 1)
     weight = w.gather(1, index) * (first[:, None] + torch.arange(k) < in_size)
     return index, weight.float()

@@ -47,7 +47,8 @@ def frame_window(num_frames: int, fps: float | None, start: float | None = None,
     if start is None and end is None:
         return 0, num_frames
     if fps is None or fps <= 0:
-        fail(f"start/end times {start}..{end} s given, but the clip has no frame rate")
+        fail(f"start/end times {start}..{end} s given, but the clip has no frame rate "
+             f"(for a folder of frames, set its dataset's fps in the data config)")
     if (start is not None and start < 0) or (end is not None and end < 0):
         fail(f"negative start/end time {start}..{end} s")
     if start is not None and end is not None and start >= end:

@@ -12,11 +12,13 @@ per video and reader:
         root: videos/           # media paths are relative to it; relative to the config itself
         frames: 32
         reader: auto            # auto | decord | pyav | torchcodec (frame folders are detected)
+        fps: 2                  # optional: the rate frame folders were extracted at (for start/end)
 
 Formats (one record each):
     llava      {"video" | "image": path or [paths], "conversations": [{"from": "human"|"gpt"|"system",
-               "value": "<image>\\nWhat ..."}]}: <image>/<video> mark where each medium goes, in order;
-               without marks, the media go before the first user text.
+               "value": "<image>\\nWhat ..."}]}: <image>/<video> mark where each medium goes, in order
+               (either mark for either kind: LLaVA-Video marks videos with <image>); without
+               marks, the media go before the first user text.
     videochat2 {"video" | "image": path, "QA": [{"i": instruction, "q": question, "a": answer}],
                optional "start"/"end" seconds}: "i" becomes the system prompt (or the user text when
                "q" is empty), each q/a pair one turn; the media go before the first question.
@@ -64,6 +66,7 @@ class DatasetSpec:
     root: str
     frames: int = 32
     reader: str = "auto"
+    fps: float | None = None                    # frame rate of frame folders (for start/end times)
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,8 @@ def data_config_from_dict(raw: dict, base=".", where: str = "data config") -> Da
         spec = DatasetSpec(**entry)
         if spec.format not in FORMATS:
             raise DataError(f"{where}: dataset {spec.name!r}: format {spec.format!r} is not one of {list(FORMATS)}")
+        if spec.fps is not None and (not isinstance(spec.fps, (int, float)) or spec.fps <= 0):
+            raise DataError(f"{where}: dataset {spec.name!r}: fps must be a positive number, got {spec.fps!r}")
         if not isinstance(spec.frames, int) or spec.frames < 1:
             raise DataError(f"{where}: dataset {spec.name!r}: frames must be a positive integer, got {spec.frames!r}")
         specs.append(spec)
@@ -124,13 +129,19 @@ def read_records(path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} does not exist")
     text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".jsonl":
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
+    if path.suffix == ".jsonl":
+        records = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}: line {number}: not valid JSON ({e.msg}, column {e.colno})") from None
+    else:
+        try:
             records = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a list of records, got {type(records).__name__}")
     return records
@@ -179,16 +190,28 @@ def _parts(text: str) -> list[dict]:
     return parts
 
 
+def _check_turns(messages: list[dict]) -> None:
+    """A conversation opens (after any system prompt) with a user turn and has an answer."""
+    roles = [m["role"] for m in messages if m["role"] != "system"]
+    if not roles or roles[0] != "user":
+        raise ValueError(f"must open with a user turn (after any system prompt), got roles {roles}")
+    if "assistant" not in roles:
+        raise ValueError("has no assistant turn to learn from")
+
+
 def _place_media(messages: list[dict], media: list[Media]) -> None:
-    """Check the marks against the media, or put unmarked media before the first user text."""
-    marks = [p["type"] for m in messages for p in m["content"] if p["type"] != "text"]
+    """Give the marks, in order, their media's kinds, or put unmarked media before the first user text.
+
+    Only the number of marks must match: LLaVA-Video's records mark their videos with <image>."""
+    _check_turns(messages)
+    marks = [p for m in messages for p in m["content"] if p["type"] != "text"]
     if not marks:
-        first = next((m for m in messages if m["role"] == "user"), None)
-        if first is None:
-            raise ValueError("has no user message")
+        first = next(m for m in messages if m["role"] == "user")
         first["content"][:0] = [{"type": m.kind} for m in media]
-    elif marks != [m.kind for m in media]:
-        raise ValueError(f"marks {marks} in the conversation do not match its media {[m.kind for m in media]}")
+    elif len(marks) != len(media):
+        raise ValueError(f"{len(marks)} <image>/<video> mark(s) in the conversation for its {len(media)} media")
+    for part, medium in zip(marks, media):
+        part["type"] = medium.kind
 
 
 def parse_llava(record: dict, root: str):
