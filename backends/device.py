@@ -137,6 +137,15 @@ def autocast_dtypes(device_type: str) -> tuple[torch.dtype, ...]:
     return (torch.bfloat16,) * bool(bf16) + (torch.float16,)
 
 
+# torch's antialiased bicubic on uint8 (a port of Pillow's fixed-point kernel) exists for these only
+_PILLOW_UINT8_RESIZE = frozenset({"cpu"})
+
+
+def has_pillow_uint8_resize(device_type: str) -> bool:
+    """Whether F.interpolate(uint8, mode="bicubic", antialias=True) runs Pillow's uint8 kernel here."""
+    return device_type in _PILLOW_UINT8_RESIZE
+
+
 def dist_backend(device_type: str) -> str:
     table = torch.distributed.Backend.default_device_backend_map if torch.distributed.is_available() else {}
     return table.get(device_type) or _DIST_BACKEND_FALLBACK.get(device_type, "gloo")

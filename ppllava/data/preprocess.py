@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from backends.device import has_pillow_uint8_resize
+
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -89,7 +91,8 @@ def pillow_resize(x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
     grey level when shrinking (the uint8 kernel to within two, on a few pixels, when enlarging).
     """
     h, w = x.shape[-2:]
-    resample = _resample_last_uint8 if x.dtype == torch.uint8 and x.device.type == "cpu" else _resample_last
+    fast = x.dtype == torch.uint8 and has_pillow_uint8_resize(x.device.type)
+    resample = _resample_last_uint8 if fast else _resample_last
     if x.dtype == torch.uint8 and resample is _resample_last:
         x = x.float()
     # Pillow 13 runs the vertical pass first when the height shrinks by more than twice the width
@@ -131,9 +134,7 @@ class Preprocessor:
         """uint8 (T, H, W, 3) -> float (T, 3, h, w) holding whole numbers in 0..255."""
         if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"frames must be uint8 (T, H, W, 3) RGB, got {frames.dtype} {tuple(frames.shape)}")
-        x = frames.permute(0, 3, 1, 2)
-        if x.device.type == "cpu":
-            x = x.contiguous()                           # the uint8 kernel wants channels-first memory
+        x = frames.permute(0, 3, 1, 2).contiguous()      # the uint8 kernel wants channels-first memory
         return pillow_resize(x, *self.resized_shape(*x.shape[-2:])).float()
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
