@@ -7,30 +7,13 @@ its paired CLIP dual model, and tiny byte-level BPE tokenizers trained offline.
 from __future__ import annotations
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (CLIPConfig, CLIPModel, LlavaNextConfig, LlavaNextForConditionalGeneration,
-                          LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, PreTrainedTokenizerFast,
+                          LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
                           SiglipConfig, SiglipModel)
 
-CORPUS = ["what happens in the video after the man opens the door",
-          "describe the image in detail", "how many people are there", "the cat sits on the red mat",
-          "a person is cooking food in a small kitchen while music plays"] * 20
+from ppllava.model.tiny import llm_tokenizer, make_tokenizer  # noqa: F401  (tests import them from here)
+
 LAYERS = dict(intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
-
-
-def make_tokenizer(vocab_size: int, specials: list[str], bos: str | None, eos: str, extra: tuple[str, ...] = ()):
-    """A byte-level BPE tokenizer; specials get ids 0.., `extra` tokens are added after the vocabulary."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    if bos:
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A {eos}", special_tokens=[(bos, tok.token_to_id(bos)), (eos, tok.token_to_id(eos))])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=eos)
-    fast.add_special_tokens({"additional_special_tokens": list(extra)})
-    return fast
 
 
 def save_siglip_pair(directory, hidden=32, vision_hidden=None, image_size=54):
@@ -65,20 +48,6 @@ def save_clip_pair(directory, hidden=32, image_size=48):
     tokenizer.model_max_length = 77
     tokenizer.save_pretrained(directory)
     return model
-
-
-# Qwen2's ChatML template, reduced: a default system prompt, then <|im_start|>role\ncontent<|im_end|>\n
-CHATML = ("{% for m in messages %}{% if loop.first and m['role'] != 'system' %}<|im_start|>system\n"
-          "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
-          "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-def llm_tokenizer():
-    """The tiny LLM tokenizer: ChatML specials, <image> / <video> tokens (ids 300, 301), a chat template."""
-    tokenizer = make_tokenizer(300, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, "<|endoftext|>",
-                               extra=("<image>", "<video>"))
-    tokenizer.chat_template = CHATML
-    return tokenizer
 
 
 def save_llava_onevision(directory, vision_hidden=32, image_size=54):

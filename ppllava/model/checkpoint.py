@@ -6,12 +6,15 @@ import json
 from pathlib import Path
 
 import torch
+from huggingface_hub import save_torch_state_dict
 from safetensors import safe_open
+from transformers import AutoTokenizer
 
 from .config import PPLLaVAConfig
 from .modeling import PPLLaVAForConditionalGeneration
 
 TIED_HEAD = "language_model.lm_head.weight"      # absent from checkpoints of LLMs with tied embeddings
+PROMPT_TOKENIZER_DIR = "prompt_tokenizer"         # the prompt (CLIP/SigLIP text) tower's tokenizer, beside the LLM's
 
 
 def expected_shapes(config: PPLLaVAConfig) -> dict[str, tuple[int, ...]]:
@@ -57,10 +60,36 @@ def read_config(directory: str | Path) -> PPLLaVAConfig:
     return PPLLaVAConfig.from_pretrained(directory)
 
 
-def load_model(directory: str | Path, dtype: torch.dtype | None = None, **kwargs) -> PPLLaVAForConditionalGeneration:
-    """from_pretrained after checking every tensor's name and shape against the config."""
+def load_model(directory: str | Path, dtype: torch.dtype | None = None, config: PPLLaVAConfig | None = None,
+               **kwargs) -> PPLLaVAForConditionalGeneration:
+    """from_pretrained after checking every tensor's name and shape against the config (the saved one,
+    or `config`: the saved one with settings changed, such as the pooling kernels)."""
     directory = Path(directory)
-    config = read_config(directory)
+    config = config or read_config(directory)
     tied = {TIED_HEAD} if config.text_config.tie_word_embeddings else set()
     check_shapes(config, _checkpoint_shapes(directory), f"checkpoint {directory}", tied)
     return PPLLaVAForConditionalGeneration.from_pretrained(directory, config=config, dtype=dtype, **kwargs)
+
+
+def load_tokenizers(directory: str | Path):
+    """(LLM tokenizer, prompt tokenizer) of a checkpoint folder, as `ppllava convert` writes them."""
+    directory = Path(directory)
+    found = []
+    for what, path in (("LLM tokenizer", directory), ("prompt tokenizer", directory / PROMPT_TOKENIZER_DIR)):
+        if not (path / "tokenizer_config.json").is_file():
+            raise FileNotFoundError(f"checkpoint {directory}: no {what} in {path} (copy one there, e.g. from the "
+                                    f"base model or the text tower)")
+        found.append(AutoTokenizer.from_pretrained(path))
+    return tuple(found)
+
+
+def save_weights(config: PPLLaVAConfig, state: dict[str, torch.Tensor], directory: str | Path,
+                 dtype: torch.dtype, what: str = "weights") -> None:
+    """Write config.json and the safetensors weights of `state` (checked against the config) to `directory`."""
+    tied = {TIED_HEAD} if config.text_config.tie_word_embeddings else set()
+    check_shapes(config, {k: tuple(v.shape) for k, v in state.items()}, what, tied)
+    state = {k: v.to(dtype) for k, v in state.items() if k not in tied}    # one copy of tied embeddings
+    config.dtype = dtype
+    config.architectures = [PPLLaVAForConditionalGeneration.__name__]
+    save_torch_state_dict(state, str(directory))
+    config.save_pretrained(directory)

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from huggingface_hub import save_torch_state_dict
 from transformers import AutoTokenizer, LlavaNextForConditionalGeneration, LlavaOnevisionForConditionalGeneration
 
-from .checkpoint import TIED_HEAD, check_shapes
+from .checkpoint import PROMPT_TOKENIZER_DIR, save_weights
 from .config import PPLLaVAConfig
 from .context import KEEP, STRETCH, extend_positions, extended_length
 from .modeling import PPLLaVAForConditionalGeneration
@@ -30,7 +29,6 @@ from .towers import family_of_dual, family_of_vision
 
 log = logging.getLogger(__name__)
 
-PROMPT_TOKENIZER_DIR = "prompt_tokenizer"
 
 
 @dataclass(frozen=True)
@@ -137,13 +135,8 @@ def convert(base_dir, text_tower_dir, out_dir, keep: int = KEEP, stretch: int = 
     config = build_config(base, dual, keep, stretch)
     config.dtype = base.dtype
     state = build_state(base, dual, config, keep, stretch)
-    check_shapes(config, {k: tuple(v.shape) for k, v in state.items()}, "converted weights")
-    if config.text_config.tie_word_embeddings:      # one copy, under the name from_pretrained ties from
-        state.pop(TIED_HEAD)
-    config.architectures = [PPLLaVAForConditionalGeneration.__name__]
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.partial-") as tmp:
-        save_torch_state_dict({k: v.to(base.dtype) for k, v in state.items()}, tmp)
-        config.save_pretrained(tmp)
+        save_weights(config, state, tmp, base.dtype, "converted weights")
         _copy_tokenizers(base_dir, text_tower_dir, Path(tmp), config.prompt_config.max_position_embeddings)
         if out.exists():
             out.rmdir()                                  # empty (checked above)
