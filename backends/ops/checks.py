@@ -24,11 +24,6 @@ def same_device(**tensors: torch.Tensor) -> None:
         raise ValueError("tensors on different devices: " + ", ".join(f"{n} on {d}" for n, d in devices.items()))
 
 
-def finite(name: str, value: torch.Tensor) -> None:
-    if not bool(torch.isfinite(value).all()):
-        raise ValueError(f"{name}: contains non-finite values (nan or inf)")
-
-
 def positive_number(name: str, value) -> float | torch.Tensor:
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:

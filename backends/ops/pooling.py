@@ -30,7 +30,6 @@ def check_args(x, relevance, kernel=(2, 3, 3), stride=None, temperature=0.01):
     if isinstance(temperature, torch.Tensor):
         temperature = float(temperature)
     checks.same_device(x=x, relevance=relevance)
-    checks.finite("relevance", relevance)
     return x, relevance, kernel, stride, temperature
 
 
