@@ -185,3 +185,21 @@ def device_facts(device: str | torch.device | None = None) -> DeviceFacts:
         autocast_dtypes=autocast_dtypes(dev.type),
         numerics=numerics_switches(dev.type),
     )
+
+
+def accelerator_rng_state(device: torch.device) -> torch.Tensor | None:
+    """The random generator state of `device` (None for the CPU, whose state is torch.get_rng_state())."""
+    if device.type == "cpu":
+        return None
+    return torch.get_device_module(device.type).get_rng_state(device)
+
+
+def set_accelerator_rng_state(device: torch.device, state: torch.Tensor | None) -> None:
+    if device.type != "cpu" and state is not None:
+        torch.get_device_module(device.type).set_rng_state(state, device)
+
+
+def set_current_device(device: torch.device) -> None:
+    """Make `device` this process's current accelerator (no-op on the CPU)."""
+    if device.type != "cpu":
+        torch.accelerator.set_device_index(device.index or 0)

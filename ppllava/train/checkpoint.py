@@ -1,0 +1,125 @@
+"""Training checkpoints: written atomically, the last N kept, the newest complete one resumed.
+
+    <output_dir>/checkpoints/step-000500/   DeepSpeed's shards (model, optimizer, scheduler), one
+                                            rng-rank<R>.pt per process, trainer_state.json (step, data
+                                            position, world size, precision), and the model's
+                                            config.json and tokenizers, so `ppllava export` needs
+                                            nothing else
+    <output_dir>/checkpoints/.partial-step-000500/   the same while it is written
+
+Every process writes its part into the .partial- folder; after a barrier the main process renames it.
+A crash at any moment leaves either a complete step- folder or a .partial- one, which is never
+resumed (and is removed by the next run). Multi-node runs need output_dir on a shared file system.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from backends.device import accelerator_rng_state, set_accelerator_rng_state
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+PATTERN = re.compile(r"^step-(\d+)$")
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def _rng_state(device: torch.device) -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "device": accelerator_rng_state(device)}
+
+
+def _restore_rng(state: dict, device: torch.device) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    set_accelerator_rng_state(device, state["device"])
+
+
+def read_state(directory: str | Path) -> dict:
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a complete training checkpoint (no {STATE_FILE})")
+    return json.loads(path.read_text())
+
+
+def complete_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := PATTERN.match(p.name)) and (p / STATE_FILE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder itself, or the newest complete one of a run's output_dir (or its checkpoints/)."""
+    path = Path(path)
+    if (path / STATE_FILE).is_file():
+        return path
+    for root in (path / "checkpoints", path):
+        found = complete_checkpoints(root)
+        if found:
+            return found[-1]
+    raise FileNotFoundError(f"no complete training checkpoint in {path}")
+
+
+class Checkpoints:
+    def __init__(self, root: str | Path, group, keep_last: int):
+        self.root, self.group, self.keep_last = Path(root), group, keep_last
+
+    def clean_partial(self) -> None:
+        """Remove the .partial- folders a crashed run left (main process, before anyone writes)."""
+        if self.group.is_main and self.root.is_dir():
+            for p in self.root.glob(".partial-*"):
+                log.warning("removing incomplete checkpoint %s (a run stopped while writing it)", p)
+                shutil.rmtree(p, ignore_errors=True)
+        self.group.barrier()
+
+    def save(self, engine, step: int, state: dict, write_extra) -> Path:
+        """Write checkpoint `step` (every process calls this); `write_extra(folder)` runs on the main one."""
+        name = step_name(step)
+        partial = self.root / f".partial-{name}"
+        engine.save_checkpoint(str(self.root), tag=partial.name, client_state={"ppllava": state}, save_latest=False)
+        torch.save(_rng_state(self.group.device), partial / f"rng-rank{self.group.rank}.pt")
+        if self.group.is_main:
+            write_extra(partial)
+            (partial / STATE_FILE).write_text(json.dumps({**state, "world_size": self.group.world_size}, indent=1))
+        self.group.barrier()                                     # every shard is on disk
+        final = self.root / name
+        if self.group.is_main:
+            if final.exists():                                   # the same step saved again after a resume
+                shutil.rmtree(final)
+            os.replace(partial, final)
+            for old in complete_checkpoints(self.root)[:-self.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+            log.info("saved checkpoint %s", final)
+        self.group.barrier()
+        return final
+
+    def load(self, engine, folder: Path) -> dict:
+        """Restore model, optimizer, scheduler and this process's RNG; returns the trainer state."""
+        state = read_state(folder)
+        if state["world_size"] != self.group.world_size:
+            raise ValueError(f"checkpoint {folder} was written by {state['world_size']} processes, this run has "
+                             f"{self.group.world_size}: resume with the same world size (or export it and start a "
+                             f"new run from the exported model)")
+        loaded, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name, load_optimizer_states=True,
+                                           load_lr_scheduler_states=True)
+        if loaded is None:
+            raise FileNotFoundError(f"DeepSpeed found no checkpoint in {folder}")
+        _restore_rng(torch.load(folder / f"rng-rank{self.group.rank}.pt", weights_only=False), self.group.device)
+        return state

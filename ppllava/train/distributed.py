@@ -1,0 +1,76 @@
+"""The process group of a training run: started from torchrun's environment (or alone), torn down cleanly.
+
+Device and collective backend come from backends.device (the accelerator PyTorch sees, and its
+backend: nccl, hccl, or gloo on the CPU); a launcher may pin them with PPLLAVA_DEVICE and
+PPLLAVA_DIST_BACKEND (see configs/cluster/). Run without torchrun, the trainer is a group of one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from backends.device import current_device_type, dist_backend, resolve_device, set_current_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Group:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum of `values` over all processes (one collective)."""
+        t = torch.tensor(values, dtype=torch.float32, device=self.device)     # float64 is not on every device
+        if self.world_size > 1:
+            dist.all_reduce(t)
+        return t.tolist()
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start() -> Group:
+    """Join (or, without torchrun, create) the process group and bind this process to its device."""
+    if "RANK" not in os.environ:                               # a plain `ppllava train`: a group of one
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    device_type = os.environ.get("PPLLAVA_DEVICE") or current_device_type()
+    device = resolve_device(device_type if device_type == "cpu" else f"{device_type}:{local}")
+    set_current_device(device)
+    backend = os.environ.get("PPLLAVA_DIST_BACKEND") or dist_backend(device.type)
+    import deepspeed                                           # heavy; only training needs it
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    log.info("rank %d/%d (local %d) on %s, backend %s", rank, world, local, device, backend)
+    return Group(rank, world, local, device, backend)
+
+
+def stop(barrier: bool = True) -> None:
+    """Tear the process group down (before exit: ZeRO-3 otherwise crashes at interpreter shutdown).
+
+    barrier=False after an error: the other processes may be gone, so wait for nobody."""
+    if dist.is_initialized():
+        if barrier:
+            dist.barrier()
+        dist.destroy_process_group()

@@ -1,0 +1,216 @@
+"""The training pieces that need no process group: recipe, DeepSpeed config, schedule, parameter groups,
+sampler positions, checkpoint discovery; and the CLI's answers to bad input and non-finite losses."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ppllava.cli import main
+from ppllava.model import build_model
+from ppllava.train.checkpoint import STATE_FILE, complete_checkpoints, find_checkpoint
+from ppllava.train.config import load_train_config
+from ppllava.train.deepspeed_config import deepspeed_config
+from ppllava.train.optim import WarmupCosine, param_groups, warmup_steps
+from ppllava.train.stream import ResumableSampler
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "configs" / "train").glob("*.yaml"))
+BASE = ["model=m", "data=d.yaml", "output_dir=o"]
+
+
+# -- the recipe ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_loads_and_fills_a_deepspeed_config(recipe):
+    cfg = load_train_config(recipe)
+    ds = deepspeed_config(cfg, accumulation=cfg.global_batch_size // cfg.micro_batch_size // 2, world_size=2)
+    assert ds["train_batch_size"] == cfg.global_batch_size
+    assert ds["bf16"]["enabled"] == (cfg.precision == "bf16")
+    assert ds["zero_optimization"]["stage"] in (2, 3)
+
+
+@pytest.mark.parametrize("name, lr", [("llava-video-7b", 1e-5), ("llava-next-7b", 2e-5)])
+def test_paper_recipes(name, lr):
+    cfg = load_train_config(ROOT / "configs" / "train" / f"{name}.yaml")
+    assert (cfg.frames, cfg.global_batch_size, cfg.lr, cfg.warmup_ratio, cfg.epochs) == (32, 128, lr, 0.03, 1)
+    assert cfg.model_overrides["video_kernel"] == [2, 3, 3] and cfg.model_overrides["image_kernel"] == [1, 3, 3]
+    assert cfg.precision == "bf16" and cfg.gradient_checkpointing
+    for world in (16, 32):                     # 16 x A100 and 32 x 910B: the same global batch divides
+        assert cfg.global_batch_size % (cfg.micro_batch_size * world) == 0
+
+
+def test_overrides_parse_as_yaml_and_reach_mappings(tmp_path):
+    cfg = load_train_config(None, BASE + ["lr=3e-5", "frames=16", "resume=none", "model_overrides.video_kernel=[1,2,2]",
+                                          "group_lr.projector=1e-4", "betas=[0.9,0.95]", "max_steps=7"])
+    assert (cfg.lr, cfg.frames, cfg.resume, cfg.max_steps) == (3e-5, 16, "none", 7)
+    assert cfg.model_overrides == {"video_kernel": [1, 2, 2]} and cfg.group_lr == {"projector": 1e-4}
+    assert cfg.betas == (0.9, 0.95)
+
+
+@pytest.mark.parametrize("items, message", [
+    (["lrr=1"], "unknown key 'lrr'"),
+    (["lr"], "not key=value"),
+    (["precision=fp8"], "precision must be one of"),
+    (["nonfinite=ignore"], "nonfinite must be one of"),
+    (["micro_batch_size=0"], "micro_batch_size must be an int >= 1"),
+    (["group_lr.vision=1e-4"], "group_lr must map parameter groups"),
+    (["lr=fast"], "lr must be a number"),
+    (["warmup_ratio=1.5"], "warmup_ratio must be in [0, 1)"),
+])
+def test_bad_overrides_name_the_problem(items, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(")", r"\)")):
+        load_train_config(None, BASE + items)
+
+
+def test_missing_paths_are_named():
+    with pytest.raises(ValueError, match="model, data must be set"):
+        load_train_config(None, ["output_dir=o"])
+
+
+def test_deepspeed_config_may_not_restate_the_recipe(tmp_path):
+    clash = tmp_path / "ds.yaml"
+    clash.write_text(yaml.safe_dump({"zero_optimization": {"stage": 2}, "train_batch_size": 64}))
+    cfg = load_train_config(None, BASE + [f"deepspeed={clash}"])
+    with pytest.raises(ValueError, match="train_batch_size come from the training recipe"):
+        deepspeed_config(cfg, 1, 1)
+    with pytest.raises(ValueError, match="unknown deepspeed config 'zero9'"):
+        deepspeed_config(load_train_config(None, BASE + ["deepspeed=zero9"]), 1, 1)
+
+
+def test_cli_bad_recipe_exits_2_with_one_line(capsys):
+    assert main(["train", "--config", "configs/train/tiny.yaml", "lrr=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown key 'lrr'" in err
+    assert main(["export", "--checkpoint", "/nonexistent/run", "--out", "x"]) == 2
+    assert "no complete training checkpoint" in capsys.readouterr().err
+
+
+# -- schedule and parameter groups --------------------------------------------------------------------
+def test_warmup_then_cosine_to_zero():
+    total, ratio = 100, 0.03
+    warmup = warmup_steps(total, ratio)
+    f = WarmupCosine(warmup, total)
+    assert warmup == 3
+    assert [f(s) for s in range(3)] == pytest.approx([1 / 4, 2 / 4, 3 / 4])      # rising, never 0
+    assert f(3) == pytest.approx(1.0)
+    mid = 3 + (total - 3) // 2
+    assert f(mid) == pytest.approx(0.5 * (1 + math.cos(math.pi * (mid - 3) / 97)))
+    assert f(total) == pytest.approx(0.0) and f(total + 5) == pytest.approx(0.0)
+    assert all(f(s) >= f(s + 1) for s in range(3, total))
+
+
+def test_param_groups_follow_the_model_switches():
+    model = build_model("tiny", seed=0)
+    model.config.train_prompt_tower = False
+    trains = model.apply_trainable()
+    groups = param_groups(model, lr=1e-5, weight_decay=0.1, group_lr={"projector": 1e-3})
+    by_name = {g["name"]: g for g in groups}
+    assert not trains["vision_tower"] and not trains["prompt_tower"]
+    assert set(by_name) == {"projector", "projector/no_decay", "llm", "llm/no_decay"}
+    assert by_name["projector"]["lr"] == 1e-3 and by_name["llm"]["lr"] == 1e-5
+    assert by_name["llm/no_decay"]["weight_decay"] == 0.0 and by_name["llm"]["weight_decay"] == 0.1
+    assert all(p.ndim >= 2 for p in by_name["llm"]["params"])                      # biases and norms never decay
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert sorted(grouped) == sorted(trainable)                                    # each once, none frozen
+    for _, p in model.named_parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="nothing to train"):
+        param_groups(model, 1e-5, 0.0, {})
+
+
+# -- data position ------------------------------------------------------------------------------------
+def test_resumable_sampler_continues_the_same_order():
+    data = list(range(23))
+    for rank in (0, 1):
+        sampler = ResumableSampler(data, num_replicas=2, rank=rank, shuffle=True, seed=3)
+        sampler.set_epoch(4)
+        full = list(sampler)
+        sampler.start = 5
+        assert list(sampler) == full[5:] and len(sampler) == len(full) - 5
+    a, b = (ResumableSampler(data, num_replicas=2, rank=r, shuffle=True, seed=3) for r in (0, 1))
+    assert sorted(set(a) | set(b)) == data                                         # the shards cover the data
+
+
+# -- checkpoint discovery -----------------------------------------------------------------------------
+def test_only_complete_checkpoints_are_found(tmp_path):
+    root = tmp_path / "run" / "checkpoints"
+    for name, complete in [("step-000010", True), ("step-000200", True), ("step-000030", False),
+                           (".partial-step-000300", True)]:
+        (root / name).mkdir(parents=True)
+        if complete:
+            (root / name / STATE_FILE).write_text(json.dumps({"step": 1}))
+    assert [p.name for p in complete_checkpoints(root)] == ["step-000010", "step-000200"]   # numeric order
+    assert find_checkpoint(tmp_path / "run").name == "step-000200"
+    assert find_checkpoint(root / "step-000010").name == "step-000010"
+    with pytest.raises(FileNotFoundError, match="no complete training checkpoint"):
+        find_checkpoint(root / "step-000030")
+
+
+# -- non-finite losses (one real process) ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory):
+    pytest.importorskip("deepspeed")
+    from ppllava.model.tiny import save_tiny_checkpoint
+    from train_data import write_training_data
+
+    root = tmp_path_factory.mktemp("nonfinite")
+    return {"model": save_tiny_checkpoint(root / "model"), "data": write_training_data(root / "data", videos=4, images=4),
+            "root": root}
+
+
+def _train(bed, out, *more):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": str(ROOT / "build" / "torch_extensions")}
+    argv = [sys.executable, "-m", "ppllava", "train", "--config", "configs/train/tiny.yaml", f"model={bed['model']}",
+            f"data={bed['data']}", f"output_dir={out}", "epochs=4", "log_every=1", "lr=1e6", "warmup_ratio=0", *more]
+    return subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_a_non_finite_loss_stops_or_skips_and_says_so(bed, policy):
+    out = bed["root"] / policy
+    proc = _train(bed, out, f"nonfinite={policy}", "max_nonfinite_skips=2")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    if policy == "stop":
+        assert "non-finite loss at step" in last and "nonfinite=stop" in last
+    else:
+        assert "3 non-finite losses (max_nonfinite_skips 2)" in last
+        assert proc.stdout.count("micro-batch skipped on every process") + proc.stderr.count(
+            "micro-batch skipped on every process") == 2
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(math.isfinite(r["loss"]) for r in rows)        # only finite steps were recorded
+
+
+def test_sigterm_saves_a_checkpoint_then_the_same_command_resumes(bed):
+    import signal
+    import time
+
+    out = bed["root"] / "sigterm"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": str(ROOT / "build" / "torch_extensions")}
+    argv = [sys.executable, "-m", "ppllava", "train", "--config", "configs/train/tiny.yaml", f"model={bed['model']}",
+            f"data={bed['data']}", f"output_dir={out}", "epochs=200", "log_every=1000", "save_every=1000"]
+    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics, deadline = out / "metrics.jsonl", time.time() + 120
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)                       # as Slurm does at the time limit
+    log = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, log[-3000:]
+    steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()]
+    assert f"stopped by signal at step {steps[-1]}" in log and steps[-1] < 400
+    assert [p.name for p in complete_checkpoints(out / "checkpoints")] == [f"step-{steps[-1]:06d}"]
+    resumed = subprocess.run(argv + ["max_steps=" + str(steps[-1] + 2)], env=env, cwd=ROOT, capture_output=True,
+                             text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {out / 'checkpoints' / f'step-{steps[-1]:06d}'}" in resumed.stdout + resumed.stderr
+    assert [json.loads(l)["step"] for l in metrics.read_text().splitlines()] == list(range(1, steps[-1] + 3))
