@@ -13,9 +13,9 @@ import sys
 
 from backends import DeviceUnavailable, ImplementationUnavailable
 
-from . import bench, convert, demo, env, parity
+from . import bench, convert, demo, env, launch, parity, train
 
-COMMANDS = (env, convert, parity, bench, demo)
+COMMANDS = (env, convert, parity, bench, demo, train, launch)
 USER_ERRORS = (ValueError, FileNotFoundError, DeviceUnavailable, ImplementationUnavailable)
 
 
