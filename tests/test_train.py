@@ -214,3 +214,74 @@ def test_sigterm_saves_a_checkpoint_then_the_same_command_resumes(bed):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {out / 'checkpoints' / f'step-{steps[-1]:06d}'}" in resumed.stdout + resumed.stderr
     assert [json.loads(l)["step"] for l in metrics.read_text().splitlines()] == list(range(1, steps[-1] + 3))
+
+
+# -- stand-ins: every micro-batch runs the same modules -----------------------------------------------
+def _model_and_collator():
+    from ppllava.data import Collator
+    from ppllava.model.tiny import clip_tokenizer, llm_tokenizer
+
+    model = build_model("tiny", seed=0)
+    tokenizer = llm_tokenizer()
+    model.config.image_token_id, model.config.video_token_id = tokenizer.convert_tokens_to_ids(["<image>", "<video>"])
+    prompt_tokenizer = clip_tokenizer(model.config.prompt_config.max_position_embeddings)
+    return model, Collator.for_model(model.config, tokenizer, prompt_tokenizer)
+
+
+def _calls(model, inputs) -> list[str]:
+    """Names of the modules with parameters of their own, in the order they ran."""
+    order, hooks = [], []
+    for name, module in model.named_modules():
+        if any(True for _ in module.parameters(recurse=False)):
+            hooks.append(module.register_forward_pre_hook(lambda m, a, name=name: order.append(name)))
+    model(**inputs)
+    for h in hooks:
+        h.remove()
+    return order
+
+
+def _text_rows(collator, rows=2, length=7):
+    ids = torch.randint(5, 250, (rows, length), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :3] = -100
+    return {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids), "skipped": []}
+
+
+def test_stand_in_runs_the_same_modules_in_the_same_order_and_leaves_the_loss_alone():
+    from ppllava.model.synthetic import make_batch
+    from ppllava.train.stand_in import StandIn
+
+    model, collator = _model_and_collator()
+    stand_in = StandIn(model.config, collator)
+    video = make_batch(model.config, [(4, True, 0), (1, False, 1)], seed=1)
+    video["labels"] = video["input_ids"].clone()
+    text = _text_rows(collator)
+    reference = _calls(model, stand_in.complete(video)[0])
+    assert len(reference) == len(set(reference))                       # each parameterised module once
+    for batch in (text, {"skipped": ["x"]}):
+        inputs, _ = stand_in.complete(batch)
+        assert _calls(model, inputs) == reference
+
+    inputs, counts = stand_in.complete(text)
+    assert counts and len(inputs["input_ids"]) == 3
+    with_row = model(**inputs).loss
+    torch.testing.assert_close(with_row, model(**{k: v for k, v in text.items() if k != "skipped"}).loss)
+    with_row.backward()
+    projection = model.prompt_pooling.patch_projection
+    grads = [p.grad for p in model.multi_modal_projector.parameters()] + [
+        p.grad for p in model.prompt_pooling.prompt_tower.parameters()]
+    assert all(g is not None and not g.any() for g in grads)           # reached, and zero
+    assert all(p.grad is None or not p.grad.any() for p in projection.parameters())
+
+    model.zero_grad(set_to_none=True)
+    model(**stand_in.complete(video)[0]).loss.backward()
+    used = {n for n, p in model.named_parameters() if p.grad is not None}  # what a real batch trains
+    model.zero_grad(set_to_none=True)
+    inputs, counts = stand_in.complete({"skipped": ["a", "b"]})
+    assert not counts
+    inputs.pop("labels")
+    loss = model(**inputs).logits.float().sum() * 0.0
+    loss.backward()
+    assert loss.item() == 0.0
+    reached = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert reached == used and all(not p.grad.any() for n, p in model.named_parameters() if n in reached)

@@ -111,8 +111,9 @@ class PPLLaVAForConditionalGeneration(PPLLaVAPreTrainedModel):
         """The LLM-space tokens of every visual item, in item order: a list of (N_i, D_llm)."""
         frames, videos, samples = _check_visual_inputs(pixel_values, visual_frames, visual_is_video, visual_sample,
                                                        prompt_input_ids)
-        patches = self.vision_patches(pixel_values)
+        patches = self.vision_patches(pixel_values)            # each module runs once, in this order
         text = self.prompt_pooling.encode_prompt(prompt_input_ids, prompt_attention_mask)
+        embeds = self.prompt_pooling.embed_patches(patches)
         x = self.multi_modal_projector(patches) if self.config.project_before_pooling else patches
         starts = [0, *itertools.accumulate(frames)]
         groups: dict[tuple[bool, int], list[int]] = {}
@@ -121,9 +122,9 @@ class PPLLaVAForConditionalGeneration(PPLLaVAPreTrainedModel):
         tokens: list[torch.Tensor | None] = [None] * len(frames)
         for (is_video, t), items in groups.items():      # items of one kind and length pool as one batch
             index = torch.cat([torch.arange(starts[i], starts[i] + t) for i in items]).to(patches.device)
-            p = patches.index_select(0, index).unflatten(0, (len(items), t))
-            xs = p if x is patches else x.index_select(0, index).unflatten(0, (len(items), t))
-            pooled = self.prompt_pooling(p, text[[samples[i] for i in items]], xs, is_video).flatten(1, 3)
+            e = embeds.index_select(0, index).unflatten(0, (len(items), t))
+            xs = x.index_select(0, index).unflatten(0, (len(items), t))
+            pooled = self.prompt_pooling.pool(e, text[[samples[i] for i in items]], xs, is_video).flatten(1, 3)
             for j, i in enumerate(items):
                 tokens[i] = pooled[j]
         if not self.config.project_before_pooling:

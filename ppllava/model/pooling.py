@@ -12,7 +12,10 @@ from .config import PPLLaVAConfig
 
 class PromptGuidedPooling(nn.Module):
     """relevance = softmax over the item of relevance_scale * cos(patch_projection(patches), text_embeds);
-    each window of x is then averaged with weights softmax(relevance_window / temperature)."""
+    each window of x is then averaged with weights softmax(relevance_window / temperature).
+
+    A container of the two parameterised parts (the prompt tower, the patch projection) and the pooling
+    step; it has no forward of its own (see `pool`)."""
 
     def __init__(self, config: PPLLaVAConfig):
         super().__init__()
@@ -32,13 +35,17 @@ class PromptGuidedPooling(nn.Module):
                              f"{self.prompt_max_length} positions (tokenize with encode_prompts, which truncates)")
         return self.family.text_embeds(self.prompt_tower, input_ids, attention_mask)
 
-    def relevance(self, patches: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
-        """patches (n, T, h, w, Dv) from the vision tower, text_embeds (n, C) -> (n, T, h, w)."""
-        return backends.relevance_map(self.patch_projection(patches), text_embeds, self.config.relevance_scale)
+    def embed_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """patches (..., Dv) from the vision tower -> (..., C) in the text tower's space."""
+        return self.patch_projection(patches)
 
-    def forward(self, patches: torch.Tensor, text_embeds: torch.Tensor, x: torch.Tensor, is_video: bool) -> torch.Tensor:
-        """Pool x (n, T, h, w, D) guided by the relevance of `patches` to `text_embeds` -> (n, T', h', w', D)."""
+    def pool(self, patch_embeds: torch.Tensor, text_embeds: torch.Tensor, x: torch.Tensor, is_video: bool) -> torch.Tensor:
+        """Pool x (n, T, h, w, D) guided by the relevance of patch_embeds (n, T, h, w, C) to text_embeds (n, C).
+
+        Only the two backend ops run here, no module: the model calls each parameterised module once per
+        forward, whatever mix of videos and images a batch holds, which ZeRO-3 needs (every process
+        gathers the same parameters in the same order)."""
         kernel, stride = self.config.pooling_geometry(is_video)
-        relevance = self.relevance(patches, text_embeds)
+        relevance = backends.relevance_map(patch_embeds, text_embeds, self.config.relevance_scale)
         return backends.prompt_guided_pool(x, relevance, kernel=kernel, stride=stride,
                                            temperature=self.config.pooling_temperature)

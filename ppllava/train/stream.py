@@ -40,6 +40,7 @@ class MicroBatches:
         self.sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
                                         drop_last=False)
         self.loader = build_loader(dataset, collator, micro_batch_size, workers, sampler=self.sampler, drop_last=True)
+        self.max_skip_fraction = max_skip_fraction
         self.monitor = SkipMonitor(self.sampler.num_samples, max_skip_fraction)
         self.position = Position()
 
@@ -57,6 +58,8 @@ class MicroBatches:
             self.sampler.set_epoch(epoch)
             self.dataset.set_epoch(epoch)
             self.sampler.start = index * self.micro
+            if index == 0:                                   # max_skip_fraction is per pass over the data
+                self.monitor = SkipMonitor(self.sampler.num_samples, self.max_skip_fraction)
             for batch in self.loader:
                 self.monitor.update(batch)
                 index += 1

@@ -1,11 +1,8 @@
 """`ppllava train`: PPLLaVA on the DeepSpeed engine, the same loop on CPU, CUDA and NPU.
 
 One optimizer step is `accumulation` successful micro-batches on every process. Every process takes
-part in every collective: a micro-batch whose samples were all unreadable runs a zero-weight text
-stand-in, and one without media runs a zero-weight stand-in image through the visual path, so under
-ZeRO-3 every process gathers the same parameters and under ZeRO-2 every trainable parameter gets a
-gradient. A non-finite loss anywhere is seen by all processes at once (one all-reduce per
-micro-batch) and handled by the `nonfinite` policy.
+part in every collective, whatever its micro-batch holds (stand_in.py). A non-finite loss anywhere is
+seen by all processes at once (one all-reduce per micro-batch) and handled by the `nonfinite` policy.
 """
 
 from __future__ import annotations
@@ -24,12 +21,12 @@ from tqdm import tqdm
 
 from ..data import ChatEncoder, Collator, ConversationDataset, load_data_config, load_samples
 from ..model.checkpoint import PROMPT_TOKENIZER_DIR, load_model, load_tokenizers, read_config
-from ..model.context import encode_prompts
 from . import distributed
 from .checkpoint import Checkpoints, complete_checkpoints, find_checkpoint
 from .config import TrainConfig
 from .deepspeed_config import deepspeed_config
 from .optim import build_optimizer, scheduler_factory
+from .stand_in import StandIn
 from .stream import MicroBatches, Position
 
 log = logging.getLogger(__name__)
@@ -95,35 +92,19 @@ class Trainer:
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler_factory(self.total_steps, cfg.warmup_ratio),
             config=ds_config)
-        self.stand_ins = self._stand_ins(config, collator)
+        self.stand_in = StandIn(config, collator)
         self.step, self.start = 0, Position()
         self.nonfinite_skips = 0
         self.stop_requested = False
 
-    # -- stand-ins: zero-weight work that keeps every process in the same collectives ----------------
-    def _stand_ins(self, config, collator) -> dict:
-        size = config.vision_config.image_size
-        prompt = encode_prompts(self.prompt_tokenizer, ["."], collator.prompt_max_length, collator.pad_prompts_to_max)
-        visual = dict(pixel_values=torch.zeros(1, 3, size, size), visual_frames=torch.tensor([1]),
-                      visual_is_video=torch.tensor([False]), visual_sample=torch.tensor([0]),
-                      prompt_input_ids=prompt["input_ids"], prompt_attention_mask=prompt["attention_mask"])
-        pad = collator.pad_token_id
-        text = dict(input_ids=torch.tensor([[pad, pad]]), attention_mask=torch.ones(1, 2, dtype=torch.long))
-        return {"visual": self._to_device(visual), "text": self._to_device(text)}
-
-    def _to_device(self, batch: dict) -> dict:
-        return {k: v.to(self.group.device) for k, v in batch.items()}
-
     # -- one micro-batch -----------------------------------------------------------------------------
     def _loss(self, batch: dict) -> torch.Tensor:
-        real = "input_ids" in batch
-        inputs = self._to_device({k: v for k, v in batch.items() if k != "skipped"}) if real else self.stand_ins["text"]
-        out = self.engine(**inputs, use_cache=False)
-        loss = out.loss if real else out.logits.float().sum() * 0.0
-        if "pixel_values" not in inputs:
-            tokens = self.engine.module.encode_visuals(**self.stand_ins["visual"])
-            loss = loss + sum(t.float().sum() for t in tokens) * 0.0
-        return loss
+        inputs, counts = self.stand_in.complete(batch)
+        inputs = {k: v.to(self.group.device) for k, v in inputs.items()}
+        if counts:
+            return self.engine(**inputs, use_cache=False).loss
+        inputs.pop("labels")                                   # all ignored: a zero loss that reaches every parameter
+        return self.engine(**inputs, use_cache=False).logits.float().sum() * 0.0
 
     def _micro_step(self, batch: dict) -> tuple[float, bool]:
         """Forward, backward, engine.step; returns (loss, whether it counted toward the step)."""
