@@ -15,7 +15,7 @@ examples:
 
 Overrides are key=value with YAML values (lr=1e-5, deepspeed=zero3, model_overrides.video_kernel=[2,3,3]).
 Rerunning the same command resumes from the newest complete checkpoint in output_dir (resume=auto);
-SIGTERM (e.g. Slurm's time limit) saves a checkpoint after the current step, then stops.
+SIGTERM (e.g. Slurm's time limit) saves a checkpoint after the current step, then stops with exit code 143.
 """
 
 
@@ -49,7 +49,7 @@ def run_train(args) -> int:
     except NonFiniteLoss as e:
         print(f"ppllava train: stopped: {e}", file=sys.stderr)
         return 1
-    return 0 if result["steps"] else 1
+    return 143 if result["stopped"] else 0        # 128 + SIGTERM: stopped early, checkpoint saved
 
 
 def run_export(args) -> int:

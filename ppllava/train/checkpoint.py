@@ -9,7 +9,9 @@
 
 Every process writes its part into the .partial- folder; after a barrier the main process renames it.
 A crash at any moment leaves either a complete step- folder or a .partial- one, which is never
-resumed (and is removed by the next run). Multi-node runs need output_dir on a shared file system.
+resumed (and is removed by the next run); folders are deleted the same way, renamed first. Resuming
+an older checkpoint moves the newer ones aside (.abandoned-step-...). Multi-node runs need output_dir
+on a shared file system.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ def complete_checkpoints(root: str | Path) -> list[Path]:
 def find_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder itself, or the newest complete one of a run's output_dir (or its checkpoints/)."""
     path = Path(path)
+    if path.name.startswith("."):
+        raise ValueError(f"{path} is an incomplete checkpoint (a run stopped while writing or replacing it)")
     if (path / STATE_FILE).is_file():
         return path
     for root in (path / "checkpoints", path):
@@ -75,6 +79,13 @@ def find_checkpoint(path: str | Path) -> Path:
         if found:
             return found[-1]
     raise FileNotFoundError(f"no complete training checkpoint in {path}")
+
+
+def _discard(folder: Path, why: str) -> None:
+    """Remove a checkpoint folder so that no crash leaves it looking complete: rename it first, then delete."""
+    hidden = folder.with_name(f".partial-{why}-{folder.name}")
+    os.replace(folder, hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
 
 
 class Checkpoints:
@@ -89,23 +100,40 @@ class Checkpoints:
                 shutil.rmtree(p, ignore_errors=True)
         self.group.barrier()
 
+    def set_aside_newer(self, folder: Path) -> None:
+        """Resuming an older checkpoint: move the newer ones of this run out of the way (not deleted)."""
+        step = read_state(folder)["step"]
+        if self.group.is_main:
+            for newer in complete_checkpoints(self.root):
+                if read_state(newer)["step"] > step:
+                    aside = newer.with_name(f".abandoned-{newer.name}")
+                    log.warning("resuming %s: moving the newer %s to %s", folder.name, newer.name, aside.name)
+                    shutil.rmtree(aside, ignore_errors=True)
+                    os.replace(newer, aside)
+        self.group.barrier()
+
     def save(self, engine, step: int, state: dict, write_extra) -> Path:
         """Write checkpoint `step` (every process calls this); `write_extra(folder)` runs on the main one."""
         name = step_name(step)
         partial = self.root / f".partial-{name}"
         engine.save_checkpoint(str(self.root), tag=partial.name, client_state={"ppllava": state}, save_latest=False)
-        torch.save(_rng_state(self.group.device), partial / f"rng-rank{self.group.rank}.pt")
-        if self.group.is_main:
-            write_extra(partial)
-            (partial / STATE_FILE).write_text(json.dumps({**state, "world_size": self.group.world_size}, indent=1))
-        self.group.barrier()                                     # every shard is on disk
+        error = None
+        try:
+            torch.save(_rng_state(self.group.device), partial / f"rng-rank{self.group.rank}.pt")
+            if self.group.is_main:
+                write_extra(partial)
+                (partial / STATE_FILE).write_text(json.dumps({**state, "world_size": self.group.world_size}, indent=1))
+        except OSError as e:
+            error = e
+        if self.group.sum([float(error is not None)])[0]:      # every shard is on disk, or everyone stops
+            raise error or OSError(f"another process could not write its part of checkpoint {name} (see its log)")
         final = self.root / name
         if self.group.is_main:
-            if final.exists():                                   # the same step saved again after a resume
-                shutil.rmtree(final)
+            if final.exists():                                 # the same step saved again after a resume
+                _discard(final, "replaced")
             os.replace(partial, final)
             for old in complete_checkpoints(self.root)[:-self.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
+                _discard(old, "pruned")
             log.info("saved checkpoint %s", final)
         self.group.barrier()
         return final
@@ -117,9 +145,13 @@ class Checkpoints:
             raise ValueError(f"checkpoint {folder} was written by {state['world_size']} processes, this run has "
                              f"{self.group.world_size}: resume with the same world size (or export it and start a "
                              f"new run from the exported model)")
+        mine = folder / f"rng-rank{self.group.rank}.pt"
+        if self.group.sum([float(not mine.is_file())])[0]:
+            raise FileNotFoundError(f"checkpoint {folder}: some processes do not see their files (rng-rank<R>.pt): "
+                                    f"output_dir must be on a file system every node shares")
         loaded, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name, load_optimizer_states=True,
                                            load_lr_scheduler_states=True)
         if loaded is None:
             raise FileNotFoundError(f"DeepSpeed found no checkpoint in {folder}")
-        _restore_rng(torch.load(folder / f"rng-rank{self.group.rank}.pt", weights_only=False), self.group.device)
+        _restore_rng(torch.load(mine, weights_only=False), self.group.device)
         return state

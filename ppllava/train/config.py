@@ -12,6 +12,7 @@ under configs/deepspeed/ or a path.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,18 @@ class TrainConfig:
         def bad(name, why):
             raise ValueError(f"train config: {name} {why}, got {getattr(self, name)!r}")
 
+        def integer(name, low, optional=False):
+            value = getattr(self, name)
+            if not (optional and value is None) and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                bad(name, f"must be an int >= {low}" + (" or null" if optional else ""))
+
+        def number(name, low, high=math.inf, low_open=False):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < low or value >= high or (low_open and value == low):
+                bad(name, f"must be a finite number {'>' if low_open else '>='} {low}"
+                          + (f" and < {high}" if high != math.inf else ""))
+
         for name in ("model", "data", "output_dir", "deepspeed", "resume"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 bad(name, "must be a non-empty string")
@@ -67,24 +80,25 @@ class TrainConfig:
         if self.nonfinite not in NONFINITE:
             bad("nonfinite", f"must be one of {', '.join(NONFINITE)}")
         for name in ("global_batch_size", "micro_batch_size", "log_every", "save_every", "keep_last"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                bad(name, "must be an int >= 1")
+            integer(name, 1)
         for name in ("workers", "seed", "max_nonfinite_skips"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                bad(name, "must be an int >= 0")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
-            bad("max_steps", "must be an int >= 1 or null")
-        if self.frames is not None and (not isinstance(self.frames, int) or self.frames < 1):
-            bad("frames", "must be an int >= 1 or null")
-        if not self.lr > 0 or not self.epochs > 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("train config: lr and epochs must be > 0, weight_decay and grad_clip >= 0")
-        if not 0 <= self.warmup_ratio < 1:
-            bad("warmup_ratio", "must be in [0, 1)")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            integer(name, 0)
+        integer("max_steps", 1, optional=True)
+        integer("frames", 1, optional=True)
+        number("lr", 0, low_open=True)
+        number("epochs", 0, low_open=True)
+        number("weight_decay", 0)
+        number("grad_clip", 0)
+        number("warmup_ratio", 0, 1)
+        if not isinstance(self.gradient_checkpointing, bool):
+            bad("gradient_checkpointing", "must be true or false")
+        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2 or not all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.betas):
             bad("betas", "must be two numbers in [0, 1)")
         self.betas = tuple(float(b) for b in self.betas)
-        if not isinstance(self.group_lr, dict) or set(self.group_lr) - set(GROUPS):
-            bad("group_lr", f"must map parameter groups ({', '.join(GROUPS)}) to learning rates")
+        if not isinstance(self.group_lr, dict) or set(self.group_lr) - set(GROUPS) or not all(
+                isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in self.group_lr.values()):
+            bad("group_lr", f"must map parameter groups ({', '.join(GROUPS)}) to learning rates > 0")
         if not isinstance(self.model_overrides, dict):
             bad("model_overrides", "must be a mapping of model config fields")
 

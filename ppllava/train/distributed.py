@@ -39,6 +39,14 @@ class Group:
             dist.all_reduce(t)
         return t.tolist()
 
+    def from_main(self, value):
+        """The main process's `value`, on every process (so that all decide alike)."""
+        if self.world_size == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)          # on the device the backend uses for objects
+        return box[0]
+
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()

@@ -7,12 +7,20 @@ consumed samples in the sampler, so nothing before the position is decoded again
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import torch
 from torch.utils.data import DistributedSampler
 
 from ..data import SkipMonitor, build_loader
+
+
+def _ignore_sigterm(_worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM to the training process, which saves a checkpoint first
+    (torchrun and Slurm signal the whole process group, workers included)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class ResumableSampler(DistributedSampler):
@@ -36,10 +44,11 @@ class Position:
 class MicroBatches:
     def __init__(self, dataset, collator, micro_batch_size: int, rank: int, world_size: int, seed: int,
                  workers: int, max_skip_fraction: float):
-        self.dataset, self.micro = dataset, micro_batch_size
+        self.dataset, self.micro, self.seed = dataset, micro_batch_size, seed
         self.sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
                                         drop_last=False)
-        self.loader = build_loader(dataset, collator, micro_batch_size, workers, sampler=self.sampler, drop_last=True)
+        self.loader = build_loader(dataset, collator, micro_batch_size, workers, sampler=self.sampler, drop_last=True,
+                                   worker_init_fn=_ignore_sigterm)
         self.max_skip_fraction = max_skip_fraction
         self.monitor = SkipMonitor(self.sampler.num_samples, max_skip_fraction)
         self.position = Position()
@@ -60,6 +69,9 @@ class MicroBatches:
             self.sampler.start = index * self.micro
             if index == 0:                                   # max_skip_fraction is per pass over the data
                 self.monitor = SkipMonitor(self.sampler.num_samples, self.max_skip_fraction)
+            # workers' seeds come from this, not the global RNG, so resuming mid-epoch leaves the global
+            # RNG (dropout) exactly where the uninterrupted run had it
+            self.loader.generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             for batch in self.loader:
                 self.monitor.update(batch)
                 index += 1

@@ -7,10 +7,8 @@ seen by all processes at once (one all-reduce per micro-batch) and handled by th
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
-import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -19,12 +17,13 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from ..data import ChatEncoder, Collator, ConversationDataset, load_data_config, load_samples
+from ..data import ChatEncoder, Collator, ConversationDataset, DataError, load_data_config, load_samples
 from ..model.checkpoint import PROMPT_TOKENIZER_DIR, load_model, load_tokenizers, read_config
 from . import distributed
 from .checkpoint import Checkpoints, complete_checkpoints, find_checkpoint
 from .config import TrainConfig
 from .deepspeed_config import deepspeed_config
+from .metrics import Metrics
 from .optim import build_optimizer, scheduler_factory
 from .stand_in import StandIn
 from .stream import MicroBatches, Position
@@ -34,6 +33,23 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+# recipe fields that decide the numbers from a checkpoint on: resuming with other values is an error
+SAME_ON_RESUME = ("model", "data", "frames", "model_overrides", "precision", "deepspeed", "global_batch_size",
+                  "micro_batch_size", "lr", "group_lr", "weight_decay", "betas", "warmup_ratio", "epochs",
+                  "max_steps", "grad_clip", "seed")
+RECIPE_FILE = "train_config.yaml"
+
+
+def check_same_recipe(cfg: TrainConfig, folder: Path) -> None:
+    saved = yaml.safe_load((folder / RECIPE_FILE).read_text()) if (folder / RECIPE_FILE).is_file() else {}
+    now = cfg.to_dict()
+    changed = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in SAME_ON_RESUME if saved.get(k) != now[k]]
+    if changed:
+        raise ValueError(f"resuming {folder} with a different recipe ({'; '.join(changed)}): the data order, "
+                         f"schedule and precision come from the checkpoint; use its values, or start a new run "
+                         f"(resume=none, a new output_dir) from an export of it")
 
 
 def model_config_with(directory, overrides: dict):
@@ -65,6 +81,7 @@ class Trainer:
         torch.manual_seed(cfg.seed + self.group.rank)              # dropout differs per process, reproducibly
         self.out = Path(cfg.output_dir)
         self.checkpoints = Checkpoints(self.out / "checkpoints", self.group, cfg.keep_last)
+        self.resume_from = self._choose_checkpoint()
 
         config = model_config_with(cfg.model, cfg.model_overrides)
         self.tokenizer, self.prompt_tokenizer = load_tokenizers(cfg.model)
@@ -93,6 +110,9 @@ class Trainer:
             model=model, optimizer=optimizer, lr_scheduler=scheduler_factory(self.total_steps, cfg.warmup_ratio),
             config=ds_config)
         self.stand_in = StandIn(config, collator)
+        if self.group.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.metrics = Metrics(self.out / "metrics.jsonl", self.group.is_main)
         self.step, self.start = 0, Position()
         self.nonfinite_skips = 0
         self.stop_requested = False
@@ -106,78 +126,98 @@ class Trainer:
         inputs.pop("labels")                                   # all ignored: a zero loss that reaches every parameter
         return self.engine(**inputs, use_cache=False).logits.float().sum() * 0.0
 
-    def _micro_step(self, batch: dict) -> tuple[float, bool]:
-        """Forward, backward, engine.step; returns (loss, whether it counted toward the step)."""
+    def _micro_step(self, batches) -> tuple[float, dict | None]:
+        """Forward, backward, engine.step on the next micro-batch; (its loss or nan if dropped, the batch)."""
+        try:
+            batch, error = next(batches), None
+        except DataError as e:                                 # too many unreadable samples: stop everyone
+            batch, error = {"skipped": []}, e
         loss = self._loss(batch)
         finite = bool(torch.isfinite(loss.detach()))
-        if self.group.sum([0.0 if finite else 1.0])[0] > 0:
-            self._nonfinite(batch, finite)
-            return float("nan"), False
+        nonfinite, failed = self.group.sum([float(not finite), float(error is not None)])
+        if failed:
+            raise error or DataError("another process stopped on unreadable data (see its log)")
+        if nonfinite:
+            self._nonfinite("loss", finite)
+            return float("nan"), None
         self.engine.backward(loss)
         self.engine.step()
-        return loss.item(), "input_ids" in batch
+        return loss.item(), batch
 
-    def _nonfinite(self, batch: dict, finite: bool) -> None:
+    def _nonfinite(self, what: str, here: bool) -> None:
+        """Apply the non-finite policy (every process calls this together); `here`: seen on this process."""
         where = f"step {self.step + 1}, epoch {self.stream.position.epoch}"
-        if not finite:
+        if here and what == "loss":
             log.warning("rank %d: non-finite loss at %s", self.group.rank, where)
         if self.cfg.nonfinite == "stop":
-            raise NonFiniteLoss(f"non-finite loss at {where} (nonfinite=stop); the last checkpoint is intact: "
+            raise NonFiniteLoss(f"non-finite {what} at {where} (nonfinite=stop); the last checkpoint is intact: "
                                 f"lower lr, or set nonfinite=skip to drop such micro-batches")
         self.nonfinite_skips += 1
         if self.nonfinite_skips > self.cfg.max_nonfinite_skips:
-            raise NonFiniteLoss(f"{self.nonfinite_skips} non-finite losses (max_nonfinite_skips "
+            raise NonFiniteLoss(f"{self.nonfinite_skips} non-finite losses or gradients (max_nonfinite_skips "
                                 f"{self.cfg.max_nonfinite_skips}); stopping at {where}")
         if self.group.is_main:
-            tqdm.write(f"non-finite loss at {where}: micro-batch skipped on every process "
+            dropped = "micro-batch skipped" if what == "loss" else "optimizer step skipped"
+            tqdm.write(f"non-finite {what} at {where}: {dropped} on every process "
                        f"({self.nonfinite_skips} of at most {self.cfg.max_nonfinite_skips})")
 
+    def _check_step_applied(self) -> bool:
+        """DeepSpeed skips the optimizer step on inf/nan gradients (fp16 overflow, or bf16's check)."""
+        if self.engine.was_step_applied():
+            return True
+        if self.cfg.precision == "fp16":
+            if self.group.is_main:
+                tqdm.write(f"step {self.step + 1}: fp16 overflow, step skipped and loss scale lowered")
+        else:
+            self._nonfinite("gradients", True)
+        return False
+
     # -- resume, save --------------------------------------------------------------------------------
-    def resume(self) -> None:
+    def _choose_checkpoint(self) -> Path | None:
+        """The checkpoint this run resumes from (the main process decides for all), its recipe checked."""
         self.checkpoints.clean_partial()
-        if self.cfg.resume == "none":
-            if complete_checkpoints(self.checkpoints.root):
-                raise ValueError(f"{self.checkpoints.root} already holds checkpoints and resume=none: "
-                                 f"choose a new output_dir, or resume=auto")
-            return
-        folder = (find_checkpoint(self.cfg.resume) if self.cfg.resume != "auto"
-                  else (complete_checkpoints(self.checkpoints.root) or [None])[-1])
+        existing = complete_checkpoints(self.checkpoints.root)
+        if self.cfg.resume == "none" and self.group.from_main(bool(existing)):
+            raise ValueError(f"{self.checkpoints.root} already holds checkpoints and resume=none: "
+                             f"choose a new output_dir, or resume=auto")
+        choice = ""
+        if self.cfg.resume != "none" and self.group.is_main:
+            found = find_checkpoint(self.cfg.resume) if self.cfg.resume != "auto" else (existing or [None])[-1]
+            choice = str(found or "")
+        folder = self.group.from_main(choice)
+        if not folder:
+            return None
+        check_same_recipe(self.cfg, Path(folder))
+        return Path(folder)
+
+    def resume(self) -> None:
+        folder = self.resume_from
         if folder is None:
+            self.metrics.keep_until(0)                         # a fresh start: no rows of an earlier attempt
             return
+        if folder.parent.resolve() == self.checkpoints.root.resolve():
+            self.checkpoints.set_aside_newer(folder)
         state = self.checkpoints.load(self.engine, folder)
         self.step, self.start = state["step"], Position(**state["position"])
         self.nonfinite_skips = state.get("nonfinite_skips", 0)
+        self.metrics.keep_until(self.step)
         if self.group.is_main:
             tqdm.write(f"resumed from {folder}: step {self.step}, epoch {self.start.epoch}, "
                        f"micro-batch {self.start.index}")
-            self._truncate_metrics(self.step)
 
     def _save(self) -> Path:
         state = {"step": self.step, "total_steps": self.total_steps, "precision": self.cfg.precision,
-                 "position": vars(self.stream.position),
-                 "nonfinite_skips": self.nonfinite_skips}
+                 "position": vars(self.stream.position), "nonfinite_skips": self.nonfinite_skips}
 
         def extra(folder: Path) -> None:
             self.engine.module.config.save_pretrained(folder)
             self.tokenizer.save_pretrained(folder)
             self.prompt_tokenizer.save_pretrained(folder / PROMPT_TOKENIZER_DIR)
-            (folder / "train_config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+            (folder / RECIPE_FILE).write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
 
-        return self.checkpoints.save(self.engine, self.step, state, extra)
-
-    # -- metrics -------------------------------------------------------------------------------------
-    @property
-    def metrics_path(self) -> Path:
-        return self.out / "metrics.jsonl"
-
-    def _truncate_metrics(self, step: int) -> None:
-        if self.metrics_path.is_file():
-            lines = [l for l in self.metrics_path.read_text().splitlines() if l and json.loads(l)["step"] <= step]
-            self.metrics_path.write_text("".join(l + "\n" for l in lines))
-
-    def _record(self, row: dict) -> None:
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        folder = self.checkpoints.save(self.engine, self.step, state, extra)
+        self.metrics.restart()
+        return folder
 
     # -- the loop ------------------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
@@ -187,72 +227,70 @@ class Trainer:
 
     def _describe(self) -> str:
         trains = ", ".join(g for g, on in self.trains.items() if on)
+        stage = self.engine.zero_optimization_stage() if self.engine.zero_optimization() else 0
         return (f"training {self.total_steps} steps of {self.cfg.global_batch_size} samples "
-                f"({self.group.world_size} processes x {self.cfg.micro_batch_size} x {self.accumulation} accumulation) "
-                f"on {self.group.device} ({self.group.backend}), {self.cfg.precision}, "
-                f"{self.engine.zero_optimization_stage() if self.engine.zero_optimization() else 0}-stage ZeRO; "
+                f"({self.group.world_size} process(es) x {self.cfg.micro_batch_size} x {self.accumulation} "
+                f"accumulation) on {self.group.device} ({self.group.backend}), {self.cfg.precision}, ZeRO-{stage}; "
                 f"trains {trains}; {len(self.stream.dataset)} samples, {self.stream.per_epoch} micro-batches "
                 f"per process per epoch")
+
+    def _lr(self) -> float:
+        """The recipe's `lr` scaled by the schedule now (group_lr groups scale alike)."""
+        return self.cfg.lr * self.scheduler.get_last_lr()[0] / self.scheduler.base_lrs[0]
+
+    def _train_step(self, batches) -> dict:
+        """`accumulation` micro-batches that train on every process, then the step's figures (all processes)."""
+        losses, tokens, samples, counted = [], 0, 0, 0
+        lr = self._lr()                                          # the rate this step trains with
+        while counted < self.accumulation:
+            loss, batch = self._micro_step(batches)
+            if batch is None:                                    # dropped by the non-finite policy
+                continue
+            counted += 1
+            if "input_ids" in batch:                             # not a stand-in for unreadable samples
+                losses.append(loss)
+                tokens += int(batch["attention_mask"].sum())
+                samples += len(batch["input_ids"])
+        applied = self._check_step_applied()
+        self.step += 1
+        loss_sum, loss_n, tokens, samples, stop = self.group.sum(
+            [sum(losses), len(losses), tokens, samples, float(self.stop_requested)])
+        row = {"step": self.step, "epoch": self.stream.position.epoch, "loss": loss_sum / max(loss_n, 1), "lr": lr,
+               "tokens": int(tokens), "samples": int(samples)}
+        if not applied:
+            row["applied"] = False
+        self.metrics.record(row, loss_sum, loss_n)
+        return {**row, "stop": bool(stop)}
 
     def run(self) -> dict:
         self.resume()
         if self.group.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
             tqdm.write(self._describe())
         previous = signal.signal(signal.SIGTERM, self._on_signal)
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
                    disable=None if self.group.is_main else True, dynamic_ncols=True)   # None: only on a terminal
         batches = self.stream.batches(self.start)
-        window = [0.0] * 4                                      # loss sum, loss count, tokens, samples
-        clock, last = time.perf_counter(), None
+        self.metrics.restart()
+        row = {"stop": False}
         self.engine.train()
         try:
-            while self.step < self.total_steps:
-                losses, tokens, samples, counted = [], 0, 0, 0
-                lr = self.scheduler.get_last_lr()[0]                # the rate this step trains with
-                while counted < self.accumulation:
-                    batch = next(batches)
-                    loss, real = self._micro_step(batch)
-                    if loss == loss:                             # not nan: the micro-batch trained
-                        counted += 1
-                    if real:
-                        losses.append(loss)
-                        tokens += int(batch["attention_mask"].sum())
-                        samples += len(batch["input_ids"])
-                self.step += 1
-                loss_sum, loss_n, tokens, samples, stop = self.group.sum(
-                    [sum(losses), len(losses), tokens, samples, float(self.stop_requested)])
-                window = [a + b for a, b in zip(window, (loss_sum, loss_n, tokens, samples))]
-                last = {"step": self.step, "epoch": self.stream.position.epoch, "loss": loss_sum / max(loss_n, 1),
-                        "lr": lr, "tokens": int(tokens), "samples": int(samples)}
+            while self.step < self.total_steps and not row["stop"]:
+                row = self._train_step(batches)
                 bar.update(1)
-                bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
-                if self.group.is_main:
-                    self._record(last)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
                 if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
-                    self._log(window, time.perf_counter() - clock, lr)
-                    window, clock = [0.0] * 4, time.perf_counter()
-                if self.step % self.cfg.save_every == 0 or self.step == self.total_steps or stop:
+                    self.metrics.log(self.step, self.total_steps, row["epoch"], row["lr"])
+                if self.step % self.cfg.save_every == 0 or self.step == self.total_steps or row["stop"]:
                     self._save()
-                if stop:
-                    if self.group.is_main:
-                        tqdm.write(f"stopped by signal at step {self.step}; run the same command again to resume")
-                    break
         finally:
             bar.close()
             signal.signal(signal.SIGTERM, previous)
         if self.group.is_main:
+            if row["stop"]:
+                tqdm.write(f"stopped by signal at step {self.step}; run the same command again to resume")
             tqdm.write(f"data: {self.stream.monitor.summary()} (process 0)")
-        return {"steps": self.step, "total_steps": self.total_steps, "last": last,
+        return {"steps": self.step, "total_steps": self.total_steps, "stopped": row["stop"],
                 "checkpoint": str(find_checkpoint(self.out)) if self.step else None}
-
-    def _log(self, window: list[float], seconds: float, lr: float) -> None:
-        if not self.group.is_main:
-            return
-        loss_sum, loss_n, tokens, samples = window
-        tqdm.write(f"step {self.step}/{self.total_steps} | epoch {self.stream.position.epoch} | "
-                   f"loss {loss_sum / max(loss_n, 1):.4f} | lr {lr:.3e} | "
-                   f"{tokens / seconds:.0f} tokens/s | {samples / seconds:.2f} samples/s")
 
     def close(self, clean: bool = True) -> None:
         """Free the engine and leave the process group (every process, also after an error)."""
