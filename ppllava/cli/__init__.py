@@ -13,9 +13,9 @@ import sys
 
 from backends import DeviceUnavailable, ImplementationUnavailable
 
-from . import bench, convert, demo, env, launch, parity, train
+from . import bench, convert, demo, env, infer, launch, parity, train
 
-COMMANDS = (env, convert, parity, bench, demo, train, launch)
+COMMANDS = (env, convert, parity, bench, demo, train, launch, infer)
 USER_ERRORS = (ValueError, FileNotFoundError, DeviceUnavailable, ImplementationUnavailable)
 
 

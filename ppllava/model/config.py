@@ -40,6 +40,9 @@ class PPLLaVAConfig(PreTrainedConfig):
     image_kernel: list[int] | None = None
     image_stride: list[int] | None = None
     pooling_temperature: float = 0.01
+    # "prompt" (PPLLaVA), or the baselines the paper compares with: "average" (avg_pool3d with the same
+    # kernels, no prompt tower) and "none" (every patch token reaches the LLM)
+    pooling_mode: Literal["prompt", "average", "none"] = "prompt"
     # exp(logit_scale) of the dual encoder (100 for OpenAI CLIP); `convert` copies it, it never trains
     relevance_scale: float = 100.0
     # project with the MLP before pooling (the original checkpoints; 18x the projector compute) or after
@@ -79,6 +82,8 @@ class PPLLaVAConfig(PreTrainedConfig):
 
     def visual_tokens(self, frames: int, is_video: bool) -> int:
         """Tokens the LLM receives for one item of `frames` frames (or crops, for an image)."""
+        if self.pooling_mode == "none":
+            return frames * self.patch_grid ** 2
         kernel, stride = self.pooling_geometry(is_video)
         t, h, w = output_size((frames, self.patch_grid, self.patch_grid), kernel, stride)
         if min(t, h, w) < 1:
@@ -107,6 +112,8 @@ class PPLLaVAConfig(PreTrainedConfig):
         if not -(layers + 1) <= self.vision_feature_layer <= layers:
             raise ValueError(f"vision_feature_layer {self.vision_feature_layer} is outside the vision tower's "
                              f"hidden states (-{layers + 1}..{layers})")
+        if self.pooling_mode not in ("prompt", "average", "none"):
+            raise ValueError(f"pooling_mode must be 'prompt', 'average' or 'none', got {self.pooling_mode!r}")
         if self.vision_feature_select_strategy not in ("default", "full"):
             raise ValueError(f"vision_feature_select_strategy must be 'default' or 'full', "
                              f"got {self.vision_feature_select_strategy!r}")

@@ -107,13 +107,19 @@ class PPLLaVAForConditionalGeneration(PPLLaVAPreTrainedModel):
         return features.reshape(features.shape[0], g, g, features.shape[-1])
 
     def encode_visuals(self, pixel_values, visual_frames, visual_is_video, visual_sample,
-                       prompt_input_ids, prompt_attention_mask=None) -> list[torch.Tensor]:
-        """The LLM-space tokens of every visual item, in item order: a list of (N_i, D_llm)."""
-        frames, videos, samples = _check_visual_inputs(pixel_values, visual_frames, visual_is_video, visual_sample,
-                                                       prompt_input_ids)
-        patches = self.vision_patches(pixel_values)            # each module runs once, in this order
-        text = self.prompt_pooling.encode_prompt(prompt_input_ids, prompt_attention_mask)
-        embeds = self.prompt_pooling.embed_patches(patches)
+                       prompt_input_ids, prompt_attention_mask=None, patches=None) -> list[torch.Tensor]:
+        """The LLM-space tokens of every visual item, in item order: a list of (N_i, D_llm).
+
+        `patches`: vision_patches(pixel_values) computed before (a chat about one video encodes its frames
+        once; each question pools them anew), then pixel_values may be None."""
+        guided = self.config.pooling_mode == "prompt"
+        frames, videos, samples = _check_visual_inputs(pixel_values if patches is None else patches, visual_frames,
+                                                       visual_is_video, visual_sample, prompt_input_ids, guided)
+        if patches is None:
+            patches = self.vision_patches(pixel_values)        # each module runs once, in this order
+        if guided:
+            text = self.prompt_pooling.encode_prompt(prompt_input_ids, prompt_attention_mask)
+            embeds = self.prompt_pooling.embed_patches(patches)
         x = self.multi_modal_projector(patches) if self.config.project_before_pooling else patches
         starts = [0, *itertools.accumulate(frames)]
         groups: dict[tuple[bool, int], list[int]] = {}
@@ -122,9 +128,13 @@ class PPLLaVAForConditionalGeneration(PPLLaVAPreTrainedModel):
         tokens: list[torch.Tensor | None] = [None] * len(frames)
         for (is_video, t), items in groups.items():      # items of one kind and length pool as one batch
             index = torch.cat([torch.arange(starts[i], starts[i] + t) for i in items]).to(patches.device)
-            e = embeds.index_select(0, index).unflatten(0, (len(items), t))
             xs = x.index_select(0, index).unflatten(0, (len(items), t))
-            pooled = self.prompt_pooling.pool(e, text[[samples[i] for i in items]], xs, is_video).flatten(1, 3)
+            if guided:
+                e = embeds.index_select(0, index).unflatten(0, (len(items), t))
+                pooled = self.prompt_pooling.pool(e, text[[samples[i] for i in items]], xs, is_video)
+            else:
+                pooled = self.prompt_pooling.pool_unguided(xs, is_video)
+            pooled = pooled.flatten(1, 3)
             for j, i in enumerate(items):
                 tokens[i] = pooled[j]
         if not self.config.project_before_pooling:
@@ -138,16 +148,17 @@ class PPLLaVAForConditionalGeneration(PPLLaVAPreTrainedModel):
         return mask
 
     def embed_inputs(self, input_ids, pixel_values=None, visual_frames=None, visual_is_video=None,
-                     visual_sample=None, prompt_input_ids=None, prompt_attention_mask=None) -> torch.Tensor:
+                     visual_sample=None, prompt_input_ids=None, prompt_attention_mask=None,
+                     patches=None) -> torch.Tensor:
         """LLM input embeddings with every visual placeholder replaced by its visual token."""
         embeds = self.get_input_embeddings()(input_ids)
         mask = self.placeholder_mask(input_ids)
-        if pixel_values is None:
+        if pixel_values is None and patches is None:
             if bool(mask.any()):
                 raise ValueError(f"input_ids hold {int(mask.sum())} visual placeholder tokens but no pixel_values were given")
             return embeds
         tokens = self.encode_visuals(pixel_values, visual_frames, visual_is_video, visual_sample,
-                                     prompt_input_ids, prompt_attention_mask)
+                                     prompt_input_ids, prompt_attention_mask, patches)
         _check_placeholders(mask, tokens, visual_sample)
         return embeds.masked_scatter(mask.unsqueeze(-1), torch.cat(tokens).to(embeds.dtype))
 
@@ -164,22 +175,25 @@ class PPLLaVAForConditionalGeneration(PPLLaVAPreTrainedModel):
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, pixel_values=None, visual_frames=None, visual_is_video=None,
-                 visual_sample=None, prompt_input_ids=None, prompt_attention_mask=None, **generate_kwargs):
+                 visual_sample=None, prompt_input_ids=None, prompt_attention_mask=None, patches=None,
+                 **generate_kwargs):
         """Encode the visuals once, then let the LLM generate from the merged embeddings.
 
         Returns input_ids followed by the generated tokens, as transformers' generate() does."""
         embeds = self.embed_inputs(input_ids, pixel_values, visual_frames, visual_is_video, visual_sample,
-                                   prompt_input_ids, prompt_attention_mask)
+                                   prompt_input_ids, prompt_attention_mask, patches)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         new = self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
         return torch.cat([input_ids, new.to(input_ids.device)], dim=1)
 
 
-def _check_visual_inputs(pixel_values, visual_frames, visual_is_video, visual_sample, prompt_input_ids):
+def _check_visual_inputs(pixel_values, visual_frames, visual_is_video, visual_sample, prompt_input_ids, guided=True):
     """Validate the visual batch; returns python lists (frames, is_video, sample) per item."""
     if pixel_values.ndim != 4:
         raise ValueError(f"pixel_values: expected (F, 3, S, S), got shape {tuple(pixel_values.shape)}")
+    if prompt_input_ids is None and not guided:
+        prompt_input_ids = visual_sample.new_zeros(int(visual_sample.max()) + 1 if len(visual_sample) else 1, 1)
     if prompt_input_ids is None:
         raise ValueError("prompt_input_ids are required with pixel_values: the pooling is guided by the user's question")
     n = len(visual_frames) if visual_frames is not None else None

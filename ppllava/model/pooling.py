@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import backends
@@ -49,3 +50,10 @@ class PromptGuidedPooling(nn.Module):
         relevance = backends.relevance_map(patch_embeds, text_embeds, self.config.relevance_scale)
         return backends.prompt_guided_pool(x, relevance, kernel=kernel, stride=stride,
                                            temperature=self.config.pooling_temperature)
+
+    def pool_unguided(self, x: torch.Tensor, is_video: bool) -> torch.Tensor:
+        """The baselines: avg_pool3d of x (n, T, h, w, D) with the same kernels ("average"), or x itself ("none")."""
+        if self.config.pooling_mode == "none":
+            return x
+        kernel, stride = self.config.pooling_geometry(is_video)
+        return F.avg_pool3d(x.permute(0, 4, 1, 2, 3), kernel, stride).permute(0, 2, 3, 4, 1)

@@ -1,0 +1,200 @@
+"""Inference: a checkpoint on any device answering questions about a video or an image.
+
+    pipe = Pipeline.load("ckpt/ppllava-lv7b", device="auto", dtype="bfloat16")
+    visual = pipe.read("clip.mp4")                  # decoded, preprocessed, through the vision tower once
+    chat = pipe.chat(visual)
+    chat.ask("What is the man holding?").text
+    chat.ask("And what does he do with it?")        # the same frames, pooled again for the new question
+
+The vision tower's patch features of a visual are computed once and cached in the Visual; each
+question re-runs only the prompt tower, the relevance map, the pooling and the LLM, since
+prompt-guided pooling depends on the question (the prompt tower reads the user questions so far).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import backends
+from backends.device import dtype_from_name, resolve_device, synchronize
+
+from ..conversation import pooling_prompt
+from ..data import ChatEncoder, Preprocessor, get_reader, read_image
+from ..data.readers import FrameFolderReader
+from ..data.sampling import read_clip
+from ..model.checkpoint import load_model, load_tokenizers, read_config
+from ..model.context import encode_prompts
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
+
+
+@dataclass
+class Visual:
+    """One video (or image), read and encoded by the vision tower once."""
+    path: str
+    is_video: bool
+    indices: list[int]                  # the sampled frame indices (images: [0])
+    frames: torch.Tensor                # uint8 (T, H, W, 3) as decoded, for pictures
+    patches: torch.Tensor               # (T, g, g, Dv) vision features on the model's device
+    seconds: dict = field(default_factory=dict)
+
+
+@dataclass
+class Answer:
+    text: str
+    tokens: int                         # generated tokens
+    visual_tokens: int                  # tokens the visual became in the LLM's input
+    seconds: dict                       # prefill (to the first token) and generate (all tokens)
+
+
+class Pipeline:
+    def __init__(self, model, tokenizer, prompt_tokenizer, device: torch.device, frames: int = 32, reader: str = "auto"):
+        self.model, self.tokenizer, self.prompt_tokenizer = model.eval(), tokenizer, prompt_tokenizer
+        self.config, self.device, self.frames, self.reader_name = model.config, device, frames, reader
+        self.encoder = ChatEncoder.for_config(tokenizer, model.config)
+        self.preprocess = Preprocessor.for_config(model.config)
+        family = model.config.tower_family()
+        self.pad_prompts = family.pad_prompts_to_max
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = None,
+             frames: int = 32, reader: str = "auto") -> "Pipeline":
+        """A PPLLaVA checkpoint folder (convert, or export of a training run) on `device` in `dtype`
+        (default: the checkpoint's own)."""
+        if frames < 1:
+            raise ValueError(f"--frames must be >= 1, got {frames}")
+        device = resolve_device(device)
+        read_config(directory)                                   # one clear error for a folder that is not ours
+        dtype = dtype_from_name(dtype) if isinstance(dtype, str) else dtype
+        model = load_model(directory, dtype=dtype).to(device)
+        tokenizer, prompt_tokenizer = load_tokenizers(directory)
+        return cls(model, tokenizer, prompt_tokenizer, device, frames, reader)
+
+    # -- visuals -----------------------------------------------------------------------------------
+    def read(self, path: str | Path, frames: int | None = None) -> Visual:
+        """Decode `frames` evenly spaced frames (segment centres) of a video, or one image, and encode them."""
+        path = str(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} does not exist")
+        start = time.perf_counter()
+        is_video = not path.lower().endswith(IMAGE_SUFFIXES)
+        if not is_video:
+            pixels, indices = read_image(path), [0]
+        else:
+            reader = FrameFolderReader() if os.path.isdir(path) else get_reader(self.reader_name)
+            with reader.open(path) as clip:
+                pixels, indices = read_clip(clip, frames or self.frames, train=False)
+        decoded = time.perf_counter()
+        patches = self.encode_frames(pixels)
+        synchronize(self.device)
+        return Visual(path, is_video, indices, pixels, patches,
+                      {"decode": decoded - start, "vision": time.perf_counter() - decoded})
+
+    @torch.no_grad()
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (T, H, W, 3) -> the vision tower's (T, g, g, Dv) patch features."""
+        pixel_values = self.preprocess(frames.to(self.device))
+        return self.model.vision_patches(pixel_values.to(self.model.dtype))
+
+    # -- questions ---------------------------------------------------------------------------------
+    def inputs(self, visual: Visual | None, messages: list[dict]) -> dict:
+        """Model inputs for `messages` (the last one a user turn) about `visual`, ready to generate."""
+        runs = [self.config.placeholders(len(visual.indices), visual.is_video)] if visual is not None else []
+        encoded = self.encoder.encode(messages, runs, add_generation_prompt=True)
+        ids = encoded.input_ids.unsqueeze(0).to(self.device)
+        out = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if visual is None:
+            return out
+        prompt = encode_prompts(self.prompt_tokenizer, [pooling_prompt(messages)],
+                                self.config.prompt_config.max_position_embeddings, self.pad_prompts)
+        return {**out, "patches": visual.patches, "visual_frames": torch.tensor([len(visual.indices)]),
+                "visual_is_video": torch.tensor([visual.is_video]), "visual_sample": torch.tensor([0]),
+                "prompt_input_ids": prompt["input_ids"].to(self.device),
+                "prompt_attention_mask": prompt["attention_mask"].to(self.device)}
+
+    @torch.no_grad()
+    def generate(self, visual: Visual | None, messages: list[dict], max_new_tokens: int = 256,
+                 stream=None) -> Answer:
+        """Greedy answer to the last user message; `stream(text_piece)` receives the text as it comes."""
+        inputs = self.inputs(visual, messages)
+        streamer = _Streamer(self.tokenizer, stream)
+        start = time.perf_counter()
+        out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
+                                  pad_token_id=self.tokenizer.pad_token_id)
+        synchronize(self.device)
+        new = out[0, inputs["input_ids"].shape[1]:].tolist()
+        eos = self.tokenizer.eos_token_id
+        tokens = new[:new.index(eos)] if eos in new else new
+        visual_tokens = int(self.model.placeholder_mask(inputs["input_ids"]).sum())
+        seconds = {"first_token": (streamer.first or time.perf_counter()) - start, "generate": time.perf_counter() - start}
+        return Answer(self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(new), visual_tokens, seconds)
+
+    @torch.no_grad()
+    def relevance(self, visual: Visual, question: str) -> torch.Tensor:
+        """The relevance map the pooling uses for `question`: float32 (T, g, g), summing to 1 over the visual."""
+        prompt = encode_prompts(self.prompt_tokenizer, [pooling_prompt([_user(question, visual)])],
+                                self.config.prompt_config.max_position_embeddings, self.pad_prompts)
+        pooling = self.model.prompt_pooling
+        text = pooling.encode_prompt(prompt["input_ids"].to(self.device), prompt["attention_mask"].to(self.device))
+        embeds = pooling.embed_patches(visual.patches)
+        return backends.relevance_map(embeds[None], text, self.config.relevance_scale)[0].float().cpu()
+
+    def ask(self, path_or_visual, question: str, **kwargs) -> Answer:
+        """One question about a video, image (path or Visual), or nothing (None)."""
+        visual = self.read(path_or_visual) if isinstance(path_or_visual, (str, Path)) else path_or_visual
+        return self.generate(visual, [_user(question, visual)], **kwargs)
+
+    def chat(self, visual: Visual | str | Path | None) -> "Chat":
+        return Chat(self, self.read(visual) if isinstance(visual, (str, Path)) else visual)
+
+
+class Chat:
+    """A conversation about one visual: its frames are encoded once, every answer joins the history."""
+
+    def __init__(self, pipeline: Pipeline, visual: Visual | None):
+        self.pipeline, self.visual, self.messages = pipeline, visual, []
+
+    def ask(self, question: str, **kwargs) -> Answer:
+        first = not self.messages
+        self.messages.append(_user(question, self.visual if first else None))
+        answer = self.pipeline.generate(self.visual, self.messages, **kwargs)
+        self.messages.append({"role": "assistant", "content": [{"type": "text", "text": answer.text}]})
+        return answer
+
+
+def _user(question: str, visual: Visual | None) -> dict:
+    if not question or not question.strip():
+        raise ValueError("the prompt is empty: ask a question")
+    parts = [{"type": "video" if visual.is_video else "image"}] if visual is not None else []
+    return {"role": "user", "content": parts + [{"type": "text", "text": question.strip()}]}
+
+
+class _Streamer:
+    """transformers' streamer protocol: decoded text pieces to `callback` as tokens arrive."""
+
+    def __init__(self, tokenizer, callback):
+        self.tokenizer, self.callback = tokenizer, callback
+        self.tokens: list[int] = []
+        self.shown = 0
+        self.first: float | None = None
+
+    def put(self, value: torch.Tensor) -> None:
+        if not value.numel():                  # generate() first sends the prompt's ids: none with embeddings
+            return
+        if self.first is None:
+            self.first = time.perf_counter()
+        self.tokens += value.reshape(-1).tolist()
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if self.callback is not None and not text.endswith("\ufffd"):      # wait for whole characters
+            self.callback(text[self.shown:])
+            self.shown = len(text)
+
+    def end(self) -> None:
+        if self.callback is not None:
+            text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+            self.callback(text[self.shown:])
