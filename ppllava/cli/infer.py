@@ -63,6 +63,8 @@ def run(args) -> int:
     from ppllava.infer.batch import read_requests, run_batch
 
     _check(args)
+    options.existing_file(args.video, "--video")
+    options.quiet_loading()
     requests = read_requests(args.batch) if args.batch else None
     pipe = Pipeline.load(args.model, device=args.device, dtype=args.dtype, frames=args.frames)
     if requests is not None:

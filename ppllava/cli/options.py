@@ -34,3 +34,18 @@ def add_geometry(parser: argparse.ArgumentParser) -> None:
 def check_geometry(args) -> None:
     if args.frames < 2 or args.size < 3:
         raise ValueError(f"--frames must be >= 2 and --size >= 3 for the (2, 3, 3) kernel, got {args.frames} and {args.size}")
+
+
+def quiet_loading() -> None:
+    """No transformers progress bar while a checkpoint loads: the commands report what matters themselves."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def existing_file(path: str | None, what: str) -> None:
+    """Fail before loading any model when an input path is missing."""
+    import os
+
+    if path is not None and not os.path.exists(path):
+        raise FileNotFoundError(f"{what} {path} does not exist")

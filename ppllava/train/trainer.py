@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ..data import ChatEncoder, Collator, ConversationDataset, DataError, load_data_config, load_samples
 from ..model.checkpoint import PROMPT_TOKENIZER_DIR, load_model, load_tokenizers, read_config
-from . import distributed
+from .. import distributed
 from .checkpoint import Checkpoints, complete_checkpoints, find_checkpoint
 from .config import TrainConfig
 from .deepspeed_config import deepspeed_config

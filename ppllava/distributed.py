@@ -1,4 +1,4 @@
-"""The process group of a training run: started from torchrun's environment (or alone), torn down cleanly.
+"""The process group of a training or evaluation run: from torchrun's environment (or alone), torn down cleanly.
 
 Device and collective backend come from backends.device (the accelerator PyTorch sees, and its
 backend: nccl, hccl, or gloo on the CPU); a launcher may pin them with PPLLAVA_DEVICE and
@@ -47,6 +47,14 @@ class Group:
         dist.broadcast_object_list(box, src=0)          # on the device the backend uses for objects
         return box[0]
 
+    def gather(self, value) -> list | None:
+        """Every process's `value`, in rank order, on the main process (None elsewhere)."""
+        if self.world_size == 1:
+            return [value]
+        out = [None] * self.world_size if self.is_main else None
+        dist.gather_object(value, out, dst=0)
+        return out
+
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()
@@ -58,8 +66,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start() -> Group:
-    """Join (or, without torchrun, create) the process group and bind this process to its device."""
+def start(deepspeed: bool = True) -> Group:
+    """Join (or, without torchrun, create) the process group and bind this process to its device.
+
+    deepspeed=False (evaluation) uses torch.distributed alone, so DeepSpeed need not be installed."""
     if "RANK" not in os.environ:                               # a plain `ppllava train`: a group of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
@@ -68,8 +78,11 @@ def start() -> Group:
     device = resolve_device(device_type if device_type == "cpu" else f"{device_type}:{local}")
     set_current_device(device)
     backend = os.environ.get("PPLLAVA_DIST_BACKEND") or dist_backend(device.type)
-    import deepspeed                                           # heavy; only training needs it
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    if deepspeed:
+        import deepspeed as ds                                 # heavy; only training needs it
+        ds.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    elif not dist.is_initialized():
+        dist.init_process_group(backend=backend)
     log.info("rank %d/%d (local %d) on %s, backend %s", rank, world, local, device, backend)
     return Group(rank, world, local, device, backend)
 

@@ -1,0 +1,69 @@
+"""`ppllava eval`: multiple-choice video QA accuracy of a checkpoint, on one process or many (torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from . import options
+
+EPILOG = """\
+examples:
+  ppllava eval --benchmark mvbench --data MVBench/json --videos MVBench/video --model models/lv7b --out mvbench.json
+  torchrun --nproc-per-node 8 -m ppllava eval --benchmark videomme --data videomme.jsonl --model models/lv7b
+
+Each question is asked with its options as (A) ... (B) ... and "Answer with the option's letter"; the
+letter is read from the answer ("B", "(B)", "Answer: B", or the one option text it contains). Under
+torchrun each process answers every world_size-th question; rank 0 gathers, prints the accuracy overall
+and per category, and writes --out (every question's output, parsed choice and correctness) atomically.
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="multiple-choice video QA accuracy (MVBench, Video-MME, NExT-QA, EgoSchema)",
+                       description="Answer a benchmark's multiple-choice questions with a PPLLaVA checkpoint and score "
+                                   "them. Formats: see ppllava/evaluate/formats.py.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--benchmark", required=True, choices=["mvbench", "videomme", "nextqa", "egoschema"])
+    p.add_argument("--data", required=True, help="the annotation file (or MVBench's folder of task files)")
+    p.add_argument("--videos", default=None, help="folder the videos' paths are relative to (default: the data's folder)")
+    p.add_argument("--model", required=True, help="a PPLLaVA checkpoint folder")
+    p.add_argument("--out", default=None, help="write the full results (JSON) here")
+    options.add_device(p)
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
+    p.add_argument("--frames", type=int, default=32, help="frames sampled per video (default 32)")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated per answer (default 16)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N questions (a quick check)")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ppllava import distributed
+    from ppllava.evaluate import evaluate, load_benchmark, write_json_atomic
+    from ppllava.infer import Pipeline
+
+    questions = load_benchmark(args.benchmark, args.data, args.videos)[:args.limit]
+    options.quiet_loading()
+    if args.device != "auto":
+        os.environ["PPLLAVA_DEVICE"] = args.device.partition(":")[0]
+    group = distributed.start(deepspeed=False)
+    try:
+        pipe = Pipeline.load(args.model, device=group.device, dtype=args.dtype, frames=args.frames)
+        result = evaluate(pipe, questions, group, args.benchmark, args.max_new_tokens)
+        if result is not None:
+            if args.out:
+                write_json_atomic(args.out, result)
+            print(format_result(result))
+        distributed.stop()
+    except BaseException:
+        distributed.stop(barrier=False)
+        raise
+    return 0
+
+
+def format_result(r: dict) -> str:
+    acc = "n/a" if r["accuracy"] is None else f"{100 * r['accuracy']:.2f}%"
+    lines = [f"{r['benchmark']}: accuracy {acc} over {r['scored']} scored of {r['total']} questions "
+             f"({r['unparsed']} answers named no option, {r['errors']} unreadable videos; {r['processes']} process(es))"]
+    lines += [f"  {name:<32} {100 * c['accuracy']:6.2f}%  (n={c['n']})" for name, c in r["per_category"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,123 @@
+"""Multiple-choice video QA benchmarks, read into one form: Question(id, video, question, options, answer, category).
+
+    mvbench    a .json list (or a folder of them, one per task: the task is the category) of
+               {"video", "question", "candidates": [...], "answer": "<the right candidate's text>"}
+    videomme   .json / .jsonl of {"question_id", "videoID" (or "video_id"), "question",
+               "options": ["A. ...", ...], "answer": "A", "task_type", "duration"}; category task_type
+    nextqa     the MC .csv: video, question, answer (0-4), qid, type, a0..a4; category type
+    egoschema  questions .json of {"q_uid", "question", "option 0".."option 4"} (the category is "all"), with
+               answers from "answer" in each record or a subset_answers.json {q_uid: index} beside the file
+
+Video paths are relative to `video_root` (default: the folder holding the annotation file, or MVBench's
+folder of task files); a name without a suffix gets `.mp4`. Every error names the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+LETTERS = "ABCDEFGHIJ"
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    video: str
+    question: str
+    options: tuple[str, ...]
+    answer: int | None              # index of the right option (None: unknown, e.g. a hidden test split)
+    category: str
+
+
+def _records(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    data = json.loads(text)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of questions")
+    return data
+
+
+def _video(root: Path, name: str) -> str:
+    name = str(name)
+    return str(root / (name if Path(name).suffix else f"{name}.mp4"))
+
+
+_OPTION_PREFIX = re.compile(r"^\(?([A-J])[.):]\s*")
+
+
+def _strip_letter(option: str) -> str:
+    return _OPTION_PREFIX.sub("", option.strip(), count=1)
+
+
+def read_mvbench(path: Path, root: Path) -> list[Question]:
+    files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+    out = []
+    for file in files:
+        for i, r in enumerate(_records(file)):
+            options = tuple(str(c) for c in r["candidates"])
+            answer = options.index(str(r["answer"])) if "answer" in r else None
+            out.append(Question(f"{file.stem}/{i}", _video(root, r["video"]), r["question"], options, answer,
+                                r.get("task_type", file.stem)))
+    return out
+
+
+def read_videomme(path: Path, root: Path) -> list[Question]:
+    out = []
+    for r in _records(path):
+        options = tuple(_strip_letter(o) for o in r["options"])
+        answer = LETTERS.index(r["answer"].strip()[0]) if r.get("answer") else None
+        video = r.get("videoID") or r["video_id"]
+        out.append(Question(str(r["question_id"]), _video(root, video), r["question"], options, answer,
+                            r.get("task_type", "all")))
+    return out
+
+
+def read_nextqa(path: Path, root: Path) -> list[Question]:
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for r in rows:
+        options = tuple(r[f"a{k}"] for k in range(5))
+        out.append(Question(f"{r['video']}_{r['qid']}", _video(root, r["video"]), r["question"].strip().rstrip("?") + "?",
+                            options, int(r["answer"]), r.get("type", "all")))
+    return out
+
+
+def read_egoschema(path: Path, root: Path) -> list[Question]:
+    answers_file = path.with_name("subset_answers.json")
+    answers = json.loads(answers_file.read_text()) if answers_file.is_file() else {}
+    out = []
+    for r in _records(path):
+        options = tuple(r[f"option {k}"] for k in range(5))
+        answer = r.get("answer", answers.get(r["q_uid"]))
+        out.append(Question(r["q_uid"], _video(root, r["q_uid"]), r["question"], options,
+                            None if answer is None else int(answer), "all"))
+    return out
+
+
+READERS = {"mvbench": read_mvbench, "videomme": read_videomme, "nextqa": read_nextqa, "egoschema": read_egoschema}
+
+
+def load_benchmark(name: str, path: str | Path, video_root: str | Path | None = None) -> list[Question]:
+    if name not in READERS:
+        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(READERS)}")
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"benchmark data {path} does not exist")
+    root = Path(video_root) if video_root else path.parent
+    try:
+        questions = READERS[name](path, root)
+    except (KeyError, ValueError, IndexError, TypeError) as e:
+        raise ValueError(f"{path}: not in the {name} format ({type(e).__name__}: {e})") from None
+    if not questions:
+        raise ValueError(f"{path}: no questions")
+    for q in questions:
+        if not 2 <= len(q.options) <= len(LETTERS):
+            raise ValueError(f"{path}: question {q.id} has {len(q.options)} options")
+    return questions

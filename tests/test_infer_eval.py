@@ -1,0 +1,208 @@
+"""ppllava infer and ppllava eval with a tiny checkpoint on generated clips; answer parsing and scoring
+against hand-computed values; a 2-process eval gathers the same results as one process."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ppllava.cli import main
+from ppllava.evaluate import LETTERS, Question, accuracy, answer_all, extract_choice, load_benchmark, mc_prompt
+from ppllava.model.tiny import save_tiny_checkpoint
+from videos import write_text, write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("infer")
+    for i in range(3):
+        write_video(root / f"v{i}.mp4", 12, size=(48, 64), noise=False)
+    write_text(root / "broken.mp4")
+    return {"root": root, "model": save_tiny_checkpoint(root / "model")}
+
+
+def one_line_error(capsys, argv, needle):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+
+
+# -- infer ---------------------------------------------------------------------------------------------
+def test_infer_answers_and_json_parses(bed, capsys):
+    assert main(["infer", "--model", str(bed["model"]), "--video", str(bed["root"] / "v0.mp4"), "--prompt",
+                 "what happens in the video", "--frames", "4", "--max-new-tokens", "5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["tokens"] == 5 and isinstance(out["answer"], str)
+    assert out["visual_tokens"] == 2 * 8 * 8                               # 4 frames, (2,3,3) on 24x24
+    assert set(out["seconds"]) == {"decode", "vision", "first_token", "generate"}
+
+
+def test_chat_reuses_the_frames_and_follows_the_question(bed):
+    from ppllava.infer import Pipeline
+
+    pipe = Pipeline.load(bed["model"], frames=4)
+    visual = pipe.read(bed["root"] / "v1.mp4")
+    chat = pipe.chat(visual)
+    chat.ask("what happens in the video", max_new_tokens=3)
+    inputs = pipe.inputs(visual, chat.messages + [{"role": "user", "content": [{"type": "text", "text": "who"}]}])
+    assert inputs["patches"] is visual.patches                             # not re-encoded
+    prompt = pipe.prompt_tokenizer.decode(inputs["prompt_input_ids"][0], skip_special_tokens=True)
+    assert "what happens in the video" in prompt and "who" in prompt       # the questions so far, not the answers
+    assert len(chat.ask("who", max_new_tokens=3).text) >= 0 and len(chat.messages) == 4
+
+
+@pytest.mark.parametrize("case", ["missing", "unreadable", "not-ppllava"])
+def test_infer_bad_input_exits_2_with_one_line(bed, capsys, tmp_path, case):
+    video, model = bed["root"] / "v0.mp4", bed["model"]
+    if case == "missing":
+        video, needle = tmp_path / "nope.mp4", "does not exist"
+    elif case == "unreadable":
+        video, needle = bed["root"] / "broken.mp4", "broken.mp4"
+    else:
+        (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+        model, needle = tmp_path, "not ppllava"
+    one_line_error(capsys, ["infer", "--model", str(model), "--video", str(video), "--prompt", "what", "--frames", "4"],
+                   needle)
+
+
+def test_batch_infer_writes_a_line_per_question_and_continues(bed, tmp_path, capsys):
+    requests = tmp_path / "q.jsonl"
+    requests.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "a", "video": str(bed["root"] / "v0.mp4"), "question": "what happens"},
+        {"id": "b", "video": str(bed["root"] / "broken.mp4"), "question": "what happens"},
+        {"id": "c", "question": "describe the image in detail"}]))
+    out = tmp_path / "answers.jsonl"
+    argv = ["infer", "--model", str(bed["model"]), "--batch", str(requests), "--out", str(out), "--frames", "4",
+            "--max-new-tokens", "3"]
+    assert main(argv) == 1                                                 # one error
+    rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(rows) == {"a", "b", "c"} and "error" in rows["b"] and "answer" in rows["a"] and "answer" in rows["c"]
+    assert rows["a"]["visual_tokens"] == 128 and rows["c"]["visual_tokens"] == 0
+    assert main(argv) == 0 and len(out.read_text().splitlines()) == 3      # a rerun skips what is done
+    assert "already in" in capsys.readouterr().err
+
+
+# -- answers and accuracy -------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, expected", [
+    ("B", 1), ("(C) bird", 2), ("A. cat", 0), ("The answer is D.", 3), ("Answer: (B)", 1), ("I think it is a dog", 1),
+    ("dog or cat", None), ("", None), ("E", None), ("answer: b", None), ("Option C", 2)])
+def test_extract_choice(text, expected):
+    assert extract_choice(text, ("cat", "dog", "bird", "fish")) == expected
+
+
+class Scripted:
+    """A pipeline that answers from a script: the test knows every answer, so it knows the accuracy."""
+
+    def __init__(self, answers):
+        self.answers = answers
+
+    def read(self, path):
+        if "broken" in path:
+            from ppllava.data import UnreadableSample
+            raise UnreadableSample(path, "not a video")
+        return path
+
+    def ask(self, visual, prompt, max_new_tokens):
+        class A:
+            text = self.answers[visual]
+        return A()
+
+
+def test_accuracy_by_hand():
+    qs = [Question(str(i), f"v{i}", "q", ("x", "y", "z"), answer, cat) for i, (answer, cat) in
+          enumerate([(0, "count"), (1, "count"), (2, "order"), (0, "order"), (1, "order")])]
+    answers = {"v0": "A", "v1": "(C)", "v2": "The answer is C", "v3": "no idea", "v4": "y"}
+    rows = answer_all(Scripted(answers), qs, progress=False)
+    assert [r["choice"] for r in rows] == ["A", "C", "C", None, "B"]
+    result = accuracy(rows)
+    assert result["accuracy"] == pytest.approx(3 / 5) and result["unparsed"] == 1
+    assert result["per_category"] == {"count": {"accuracy": 0.5, "n": 2}, "order": {"accuracy": pytest.approx(2 / 3), "n": 3}}
+    broken = answer_all(Scripted(answers), [Question("b", "broken.mp4", "q", ("x", "y"), 0, "c")], progress=False)
+    assert broken[0]["correct"] is False and "not a video" in broken[0]["error"]
+
+
+def test_mc_prompt_lists_lettered_options():
+    q = Question("1", "v", "What is on the mat?", ("a cat", "a dog"), 0, "c")
+    assert mc_prompt(q) == ("What is on the mat?\nOptions:\n(A) a cat\n(B) a dog\n"
+                            "Answer with the option's letter from the given choices directly.")
+
+
+# -- the four formats -----------------------------------------------------------------------------------
+def test_formats_read_the_same_question(tmp_path):
+    options = ["a cat", "a dog", "a bird", "a fish", "a cow"]
+    (tmp_path / "mv").mkdir()
+    (tmp_path / "mv" / "action_count.json").write_text(json.dumps(
+        [{"video": "v0.mp4", "question": "What?", "candidates": options[:4], "answer": "a bird"}]))
+    (tmp_path / "vmme.jsonl").write_text(json.dumps(
+        {"question_id": "001-1", "videoID": "v0", "question": "What?", "options": [f"{LETTERS[i]}. {o}" for i, o in
+         enumerate(options[:4])], "answer": "C", "task_type": "Counting Problem", "duration": "short"}))
+    with (tmp_path / "nextqa.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["video", "frame_count", "width", "height", "question", "answer", "qid", "type",
+                    "a0", "a1", "a2", "a3", "a4"])
+        w.writerow(["v0", 10, 64, 48, "what", 2, 7, "CW", *options])
+    (tmp_path / "ego.json").write_text(json.dumps([{"q_uid": "v0", "question": "What?",
+                                                    **{f"option {i}": o for i, o in enumerate(options)}}]))
+    (tmp_path / "subset_answers.json").write_text(json.dumps({"v0": 2}))
+    read = {name: load_benchmark(name, tmp_path / file)[0] for name, file in
+            [("mvbench", "mv"), ("videomme", "vmme.jsonl"), ("nextqa", "nextqa.csv"), ("egoschema", "ego.json")]}
+    for name, q in read.items():
+        assert q.answer == 2 and q.options[2] == "a bird" and q.video == str(tmp_path / "v0.mp4"), name
+    assert (read["mvbench"].category, read["videomme"].category, read["nextqa"].category) == \
+        ("action_count", "Counting Problem", "CW")
+    with pytest.raises(ValueError, match="not in the videomme format"):
+        load_benchmark("videomme", tmp_path / "ego.json")
+
+
+# -- eval end to end ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def benchmark(bed):
+    path = bed["root"] / "bench.jsonl"
+    rows = [{"question_id": str(i), "videoID": f"v{i % 3}", "question": "what happens in the video",
+             "options": ["A. a cat", "B. a dog", "C. a person cooking"], "answer": "ABC"[i % 3],
+             "task_type": ["count", "order"][i % 2]} for i in range(6)]
+    rows.append({**rows[0], "question_id": "x", "videoID": "broken"})
+    path.write_text("\n".join(map(json.dumps, rows)))
+    return path
+
+
+def _check_scored(result):
+    rows = result["questions"]
+    assert [r["id"] for r in rows] == [str(i) for i in range(6)] + ["x"]
+    right = sum(r["choice"] == r["answer"] for r in rows)                 # recomputed by hand from the rows
+    assert result["accuracy"] == pytest.approx(right / 7) and result["errors"] == 1
+    for r in rows[:6]:
+        parsed = extract_choice(r["output"], ("a cat", "a dog", "a person cooking"))
+        assert r["choice"] == (None if parsed is None else "ABC"[parsed])
+
+
+def test_eval_writes_results_that_check_by_hand(bed, benchmark, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    assert main(["eval", "--benchmark", "videomme", "--data", str(benchmark), "--model", str(bed["model"]),
+                 "--out", str(out), "--frames", "4", "--max-new-tokens", "4"]) == 0
+    result = json.loads(out.read_text())
+    _check_scored(result)
+    assert "videomme: accuracy" in capsys.readouterr().out
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_eval_two_processes_gather_the_same_results(bed, benchmark, tmp_path):
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    common = ["--benchmark", "videomme", "--data", str(benchmark), "--model", str(bed["model"]), "--frames", "4",
+              "--max-new-tokens", "4"]
+    assert main(["eval", *common, "--out", str(one)]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "ppllava", "eval", *common, "--out", str(two)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert b["processes"] == 2 and a["questions"] == b["questions"] and a["accuracy"] == b["accuracy"]
