@@ -33,6 +33,7 @@ setup(
         "video": ["decord>=0.6; platform_machine == 'x86_64'", "av>=12"],
         # needs FFmpeg 4-8 shared libraries on the system and a release that matches your torch
         "torchcodec": ["torchcodec"],
+        "lmms": ["lmms-eval"],  # ppllava.evaluate.lmms_adapter: PPLLaVA in lmms-eval's task suite
         "dev": ["pytest>=8", "av>=12", "decord>=0.6; platform_machine == 'x86_64'", "deepspeed>=0.16"],
     },
     entry_points={"console_scripts": ["ppllava=ppllava.cli:main"]},

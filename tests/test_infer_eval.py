@@ -206,3 +206,26 @@ def test_eval_two_processes_gather_the_same_results(bed, benchmark, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert b["processes"] == 2 and a["questions"] == b["questions"] and a["accuracy"] == b["accuracy"]
+
+
+# -- the lmms-eval adapter (without lmms-eval: its requests are plain objects) -----------------------------
+def test_lmms_adapter_answers_generate_until_requests(bed):
+    from PIL import Image
+
+    from ppllava.evaluate.lmms_adapter import Adapter
+
+    class Request:
+        def __init__(self, *args):
+            self.args = args
+
+    adapter = Adapter(model=str(bed["model"]), frames="4", max_new_tokens="3")
+    docs = {"v": {"test": [{"video": str(bed["root"] / "v0.mp4")}, {"image": Image.new("RGB", (64, 48), "red")}]}}
+    adapter.task_dict = docs
+    requests = [Request("what happens in the video", {"max_new_tokens": 2, "until": ["\n\n"]},
+                        lambda doc: [doc["video"]], 0, "v", "test"),
+                Request("describe the image in detail", {}, lambda doc: [doc["image"]], 1, "v", "test")]
+    answers = adapter.generate_until(requests)
+    assert len(answers) == 2 and all(isinstance(a, str) and "\n\n" not in a for a in answers)
+    assert adapter.rank == 0 and adapter.world_size == 1
+    with pytest.raises(NotImplementedError, match="generate_until"):
+        adapter.loglikelihood(requests)

@@ -95,6 +95,15 @@ class Pipeline:
         return Visual(path, is_video, indices, pixels, patches,
                       {"decode": decoded - start, "vision": time.perf_counter() - decoded})
 
+    def from_frames(self, frames: torch.Tensor, is_video: bool, name: str = "<frames>") -> Visual:
+        """A Visual from frames already decoded: uint8 (T, H, W, 3)."""
+        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"{name}: expected uint8 frames (T, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
+        start = time.perf_counter()
+        patches = self.encode_frames(frames)
+        synchronize(self.device)
+        return Visual(name, is_video, list(range(len(frames))), frames, patches, {"vision": time.perf_counter() - start})
+
     @torch.no_grad()
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (T, H, W, 3) -> the vision tower's (T, g, g, Dv) patch features."""

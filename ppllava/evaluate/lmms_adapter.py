@@ -1,0 +1,92 @@
+"""PPLLaVA as an lmms-eval model, for lmms-eval's task suite (video QA tasks use generate_until).
+
+    pip install lmms-eval                     # optional; not needed by anything else in ppllava
+    python -m ppllava.evaluate.lmms_adapter --model ppllava --model_args model=models/lv7b,frames=32 \
+        --tasks mvbench,videomme --batch_size 1 --output_path logs/
+
+The module registers the model under the name "ppllava" and hands the command line to lmms-eval.
+Adapter holds the logic (and is tested without lmms-eval); `register()` makes it an lmms subclass.
+Under torchrun / accelerate every process loads the model on its own device; lmms-eval splits the
+requests by `rank` and `world_size`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from ..infer import Pipeline
+
+
+class Adapter:
+    """generate_until over lmms-eval requests: args = (context, gen_kwargs, doc_to_visual, doc_id, task, split)."""
+
+    def __init__(self, model: str, device: str = "auto", dtype: str | None = None, frames: int | str = 32,
+                 max_new_tokens: int | str = 128, **_ignored):
+        super().__init__()
+        self.pipeline = Pipeline.load(model, device=device, dtype=dtype, frames=int(frames))
+        self.max_new_tokens = int(max_new_tokens)
+        self._rank = int(os.environ.get("RANK", 0))
+        self._world_size = int(os.environ.get("WORLD_SIZE", 1))
+
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def world_size(self) -> int:
+        return self._world_size
+
+    def _visual(self, visuals):
+        """The first visual of a request: a video path, or an image (PIL) / frames as lmms-eval hands them."""
+        if not visuals:
+            return None
+        first = visuals[0]
+        if isinstance(first, (str, os.PathLike)):
+            return self.pipeline.read(first)
+        frames = torch.from_numpy(np.asarray(first.convert("RGB") if hasattr(first, "convert") else first).copy())
+        frames = frames[None] if frames.ndim == 3 else frames
+        return self.pipeline.from_frames(frames.to(torch.uint8), is_video=len(frames) > 1)
+
+    def generate_until(self, requests) -> list[str]:
+        out = []
+        for request in requests:
+            context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
+            visual = self._visual(doc_to_visual(self.task_dict[task][split][doc_id]))
+            tokens = int(gen_kwargs.get("max_new_tokens", self.max_new_tokens))
+            text = self.pipeline.ask(visual, context, max_new_tokens=tokens).text
+            for stop in gen_kwargs.get("until", []) or []:
+                if stop and stop in text:
+                    text = text.split(stop)[0]
+            out.append(text)
+        return out
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError("the PPLLaVA adapter answers generate_until tasks (the video QA suites); "
+                                  "loglikelihood tasks are not supported")
+
+    def generate_until_multi_round(self, requests):
+        raise NotImplementedError("the PPLLaVA adapter does not support multi-round lmms-eval tasks")
+
+
+def register():
+    """Register "ppllava" with lmms-eval (which must be installed) and return the class."""
+    try:
+        from lmms_eval.api.model import lmms
+        from lmms_eval.api.registry import register_model
+    except ImportError as e:
+        raise ImportError(f"lmms-eval is not installed ({e}): pip install lmms-eval") from None
+    return register_model("ppllava")(type("PPLLaVA", (Adapter, lmms), {}))
+
+
+def main() -> None:
+    register()
+    from lmms_eval.__main__ import cli_evaluate
+
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    main()
