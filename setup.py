@@ -36,5 +36,6 @@ setup(
         "lmms": ["lmms-eval"],  # ppllava.evaluate.lmms_adapter: PPLLaVA in lmms-eval's task suite
         "dev": ["pytest>=8", "av>=12", "decord>=0.6; platform_machine == 'x86_64'", "deepspeed>=0.16"],
     },
-    entry_points={"console_scripts": ["ppllava=ppllava.cli:main"]},
+    entry_points={"console_scripts": ["ppllava=ppllava.cli:main"],
+                  "lmms_eval.models": ["ppllava=ppllava.evaluate.lmms_model:manifest"]},
 )

@@ -1,11 +1,11 @@
 """PPLLaVA as an lmms-eval model, for lmms-eval's task suite (video QA tasks use generate_until).
 
-    pip install lmms-eval                     # optional; not needed by anything else in ppllava
-    python -m ppllava.evaluate.lmms_adapter --model ppllava --model_args model=models/lv7b,frames=32 \
+    pip install -e ".[lmms]"                  # lmms-eval is optional; nothing else in ppllava needs it
+    python -m lmms_eval --model ppllava --model_args model=models/lv7b,frames=32 \
         --tasks mvbench,videomme --batch_size 1 --output_path logs/
 
-The module registers the model under the name "ppllava" and hands the command line to lmms-eval.
-Adapter holds the logic (and is tested without lmms-eval); `register()` makes it an lmms subclass.
+Adapter holds the logic and needs no lmms-eval (the tests use it alone); lmms_model.py makes it an
+lmms subclass, which lmms-eval finds through the `lmms_eval.models` entry point of this package.
 Under torchrun / accelerate every process loads the model on its own device; lmms-eval splits the
 requests by `rank` and `world_size`.
 """
@@ -69,24 +69,3 @@ class Adapter:
 
     def generate_until_multi_round(self, requests):
         raise NotImplementedError("the PPLLaVA adapter does not support multi-round lmms-eval tasks")
-
-
-def register():
-    """Register "ppllava" with lmms-eval (which must be installed) and return the class."""
-    try:
-        from lmms_eval.api.model import lmms
-        from lmms_eval.api.registry import register_model
-    except ImportError as e:
-        raise ImportError(f"lmms-eval is not installed ({e}): pip install lmms-eval") from None
-    return register_model("ppllava")(type("PPLLaVA", (Adapter, lmms), {}))
-
-
-def main() -> None:
-    register()
-    from lmms_eval.__main__ import cli_evaluate
-
-    cli_evaluate()
-
-
-if __name__ == "__main__":
-    main()
