@@ -110,7 +110,8 @@ class Scripted:
             raise UnreadableSample(path, "not a video")
         return path
 
-    def ask(self, visual, prompt, max_new_tokens):
+    def ask(self, visual, prompt, max_new_tokens, pooling_text):
+        assert "Answer with" not in pooling_text and pooling_text.startswith("q\n")
         class A:
             text = self.answers[visual]
         return A()

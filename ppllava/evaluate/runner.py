@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from ..data import DataError
 from .formats import LETTERS, Question
-from .scoring import accuracy, extract_choice, mc_prompt
+from .scoring import accuracy, extract_choice, mc_prompt, pooling_text
 
 
 def answer_all(pipeline, questions: list[Question], max_new_tokens: int = 16, progress: bool = True) -> list[dict]:
@@ -22,7 +22,8 @@ def answer_all(pipeline, questions: list[Question], max_new_tokens: int = 16, pr
         row = {"id": q.id, "category": q.category, "video": q.video,
                "answer": None if q.answer is None else LETTERS[q.answer]}
         try:
-            out = pipeline.ask(pipeline.read(q.video), mc_prompt(q), max_new_tokens=max_new_tokens)
+            out = pipeline.ask(pipeline.read(q.video), mc_prompt(q), max_new_tokens=max_new_tokens,
+                               pooling_text=pooling_text(q))
             choice = extract_choice(out.text, q.options)
             row.update(output=out.text, choice=None if choice is None else LETTERS[choice])
         except (DataError, FileNotFoundError) as e:

@@ -15,6 +15,11 @@ def mc_prompt(q: Question) -> str:
     return f"{q.question}\nOptions:\n{options}\n{INSTRUCTION}"
 
 
+def pooling_text(q: Question) -> str:
+    """What the prompt tower reads: the question and its options, not the answer-format instruction."""
+    return "\n".join([q.question, *q.options])
+
+
 def extract_choice(text: str, options: tuple[str, ...]) -> int | None:
     """The option an answer names: a letter ("B", "(B)", "B.", "Answer: B", "The answer is B"), else the one
     option whose text it contains; None when it names none or several."""

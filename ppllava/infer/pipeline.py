@@ -111,15 +111,18 @@ class Pipeline:
         return self.model.vision_patches(pixel_values.to(self.model.dtype))
 
     # -- questions ---------------------------------------------------------------------------------
-    def inputs(self, visual: Visual | None, messages: list[dict]) -> dict:
-        """Model inputs for `messages` (the last one a user turn) about `visual`, ready to generate."""
+    def inputs(self, visual: Visual | None, messages: list[dict], pooling_text: str | None = None) -> dict:
+        """Model inputs for `messages` (the last one a user turn) about `visual`, ready to generate.
+
+        The prompt tower reads the user questions so far, or `pooling_text` when given (evaluation passes
+        the question and its options without the answer-format instruction)."""
         runs = [self.config.placeholders(len(visual.indices), visual.is_video)] if visual is not None else []
         encoded = self.encoder.encode(messages, runs, add_generation_prompt=True)
         ids = encoded.input_ids.unsqueeze(0).to(self.device)
         out = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         if visual is None:
             return out
-        prompt = encode_prompts(self.prompt_tokenizer, [pooling_prompt(messages)],
+        prompt = encode_prompts(self.prompt_tokenizer, [pooling_text or pooling_prompt(messages)],
                                 self.config.prompt_config.max_position_embeddings, self.pad_prompts)
         return {**out, "patches": visual.patches, "visual_frames": torch.tensor([len(visual.indices)]),
                 "visual_is_video": torch.tensor([visual.is_video]), "visual_sample": torch.tensor([0]),
@@ -128,9 +131,9 @@ class Pipeline:
 
     @torch.no_grad()
     def generate(self, visual: Visual | None, messages: list[dict], max_new_tokens: int = 256,
-                 stream=None) -> Answer:
+                 stream=None, pooling_text: str | None = None) -> Answer:
         """Greedy answer to the last user message; `stream(text_piece)` receives the text as it comes."""
-        inputs = self.inputs(visual, messages)
+        inputs = self.inputs(visual, messages, pooling_text)
         streamer = _Streamer(self.tokenizer, stream)
         start = time.perf_counter()
         out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
