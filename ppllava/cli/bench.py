@@ -1,4 +1,5 @@
-"""`ppllava bench ops`: speed of every op implementation beside plain-pooling references."""
+"""`ppllava bench ops|data|e2e`: op speed beside plain-pooling references, the video input path, and
+seconds per video of the whole model with full tokens, average pooling and prompt-guided pooling."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from . import options
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks (ops, data)", description="Benchmarks. Figures in BENCHMARKS.md come from these.")
+    p = sub.add_parser("bench", help="benchmarks (ops, data, e2e)", description="Benchmarks. Figures in BENCHMARKS.md come from these.")
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
     ops = kinds.add_parser(
         "ops", help="forward and forward+backward time of both ops at the paper's shape",
@@ -46,6 +47,34 @@ def add_parser(sub) -> None:
     data.add_argument("--passes", type=int, default=2, help="timed passes over the clips after a warm-up pass (default 2)")
     data.add_argument("--json", action="store_true", help="print one JSON object with the figures")
     data.set_defaults(run=run_data)
+
+    from ppllava.bench.e2e import DEFAULT_MODEL_SIZE, MODEL_SIZES
+
+    e2e = kinds.add_parser(
+        "e2e", help="seconds per video, visual tokens and peak memory: full tokens vs average vs prompt-guided pooling",
+        description="One model (random weights, fixed seed) answers about the same decoded video with pooling_mode "
+                    "'none' (every patch token to the LLM), 'average' (avg_pool3d) and 'prompt' (PPLLaVA). Each run "
+                    "is timed from the decoded uint8 frames in memory (preprocess, vision tower, pooling, projector, "
+                    "LLM) to the first generated token and to --new-tokens greedy tokens; median of --repeats runs "
+                    "after a warm-up per mode. Peak memory comes from one more run per mode: on an accelerator "
+                    "torch.accelerator's peak allocated bytes above those before the run, on the CPU the peak "
+                    "resident-set growth of the process (the output states which). Default --model-size 'narrow' "
+                    "keeps the paper's 24x24 patches per frame with an LLM small enough for a CPU.")
+    options.add_device(e2e)
+    options.add_dtype(e2e)
+    e2e.add_argument("--model-size", default=DEFAULT_MODEL_SIZE,
+                     help=f"model to time, with random weights: {', '.join(MODEL_SIZES)} (default {DEFAULT_MODEL_SIZE}, "
+                          f"sized for a CPU; 'wide' is meant for an accelerator; the output describes the model), a "
+                          f"configs/model architecture (e.g. llava-next-7b, the paper's scale) or a .yaml path")
+    e2e.add_argument("--frames", type=int, default=32, help="frames of the video (default 32)")
+    e2e.add_argument("--new-tokens", type=int, default=32, help="tokens generated per video, greedy (default 32)")
+    e2e.add_argument("--repeats", type=int, default=3, help="timed runs per mode (default 3)")
+    e2e.add_argument("--resolution", default="640x360", help="decoded frames' WIDTHxHEIGHT (default 640x360)")
+    e2e.add_argument("--text-tokens", type=int, default=64,
+                     help="text tokens after the visual ones in the LLM's input (default 64)")
+    e2e.add_argument("--seed", type=int, default=0, help="seed of the weights, frames and tokens (default 0)")
+    e2e.add_argument("--json", action="store_true", help="print one JSON object with the figures")
+    e2e.set_defaults(run=run_e2e)
 
 
 def _positive_ints(text: str, name: str) -> tuple[int, ...]:
@@ -102,5 +131,28 @@ def run_ops(args) -> int:
     report = bench_ops(options.device(args), options.dtype(args), frames=args.frames, size=args.size,
                        relevance_dim=args.relevance_dim, pool_dims=_positive_ints(args.pool_dims, "pool-dims"),
                        repeats=args.repeats, progress=progress)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def run_e2e(args) -> int:
+    from ppllava.bench.e2e import bench_e2e, format_report, model_choices
+
+    if args.frames < 2:
+        raise ValueError(f"--frames must be >= 2 for the video kernel's 2 frames, got {args.frames}")
+    for name in ("new_tokens", "repeats", "text_tokens"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')}: must be positive, got {getattr(args, name)}")
+    known = model_choices()
+    if args.model_size not in known and not args.model_size.endswith((".yaml", ".yml")):
+        raise ValueError(f"--model-size: unknown {args.model_size!r} (known: {', '.join(known)}, or a .yaml path)")
+    options.existing_file(args.model_size if args.model_size.endswith((".yaml", ".yml")) else None, "--model-size")
+    resolution = _resolution(args.resolution)
+    device, dtype = options.device(args), options.dtype(args)
+    options.quiet_loading()
+    progress = None if args.json else (lambda label: print(f"  {label} ...", file=sys.stderr, flush=True))
+    report = bench_e2e(device, dtype, size=args.model_size, frames=args.frames, new_tokens=args.new_tokens,
+                       repeats=args.repeats, resolution=resolution, text_tokens=args.text_tokens, seed=args.seed,
+                       progress=progress)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
