@@ -66,16 +66,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(deepspeed: bool = True) -> Group:
+def start(deepspeed: bool = True, device: str | None = None) -> Group:
     """Join (or, without torchrun, create) the process group and bind this process to its device.
 
-    deepspeed=False (evaluation) uses torch.distributed alone, so DeepSpeed need not be installed."""
-    if "RANK" not in os.environ:                               # a plain `ppllava train`: a group of one
+    deepspeed=False (evaluation) uses torch.distributed alone, so DeepSpeed need not be installed.
+    device: the device type for every process (the local rank picks the index), or, for a group of one,
+    the device itself ("cuda:1")."""
+    alone = "RANK" not in os.environ
+    if alone:                                                  # a plain `ppllava train`: a group of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
     rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    device_type = os.environ.get("PPLLAVA_DEVICE") or current_device_type()
-    device = resolve_device(device_type if device_type == "cpu" else f"{device_type}:{local}")
+    device_type = (device or os.environ.get("PPLLAVA_DEVICE") or current_device_type()).partition(":")[0]
+    if alone and device:
+        device = resolve_device(device)
+    else:
+        device = resolve_device(device_type if device_type == "cpu" else f"{device_type}:{local}")
     set_current_device(device)
     backend = os.environ.get("PPLLAVA_DIST_BACKEND") or dist_backend(device.type)
     if deepspeed:

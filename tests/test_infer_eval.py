@@ -86,16 +86,24 @@ def test_batch_infer_writes_a_line_per_question_and_continues(bed, tmp_path, cap
     rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert set(rows) == {"a", "b", "c"} and "error" in rows["b"] and "answer" in rows["a"] and "answer" in rows["c"]
     assert rows["a"]["visual_tokens"] == 128 and rows["c"]["visual_tokens"] == 0
-    assert main(argv) == 0 and len(out.read_text().splitlines()) == 3      # a rerun skips what is done
-    assert "already in" in capsys.readouterr().err
+    assert main(argv) == 1                                                 # a rerun retries only the failed one
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["a", "b", "c", "b"]
+    assert "answered 0, errors 1, already in" in capsys.readouterr().err
 
 
 # -- answers and accuracy -------------------------------------------------------------------------------
 @pytest.mark.parametrize("text, expected", [
     ("B", 1), ("(C) bird", 2), ("A. cat", 0), ("The answer is D.", 3), ("Answer: (B)", 1), ("I think it is a dog", 1),
-    ("dog or cat", None), ("", None), ("E", None), ("answer: b", None), ("Option C", 2)])
+    ("dog or cat", None), ("", None), ("E", None), ("answer: b", None), ("Option C", 2), ("A dog.", 1),
+    ("(A) cat is wrong, the answer is B", 1), ("(A) or (B)", None)])
 def test_extract_choice(text, expected):
     assert extract_choice(text, ("cat", "dog", "bird", "fish")) == expected
+
+
+def test_extract_choice_reads_option_text_as_whole_words():
+    assert extract_choice("A person cooking", ("a cat", "a dog", "a person cooking")) == 2
+    assert extract_choice("12", ("2", "12", "3")) == 1
+    assert extract_choice("the cats", ("cat", "dog")) is None
 
 
 class Scripted:
@@ -104,7 +112,7 @@ class Scripted:
     def __init__(self, answers):
         self.answers = answers
 
-    def read(self, path):
+    def read(self, path, window=(None, None), fps=None):
         if "broken" in path:
             from ppllava.data import UnreadableSample
             raise UnreadableSample(path, "not a video")
@@ -126,8 +134,18 @@ def test_accuracy_by_hand():
     result = accuracy(rows)
     assert result["accuracy"] == pytest.approx(3 / 5) and result["unparsed"] == 1
     assert result["per_category"] == {"count": {"accuracy": 0.5, "n": 2}, "order": {"accuracy": pytest.approx(2 / 3), "n": 3}}
+    assert result["per_group"] == {}
     broken = answer_all(Scripted(answers), [Question("b", "broken.mp4", "q", ("x", "y"), 0, "c")], progress=False)
     assert broken[0]["correct"] is False and "not a video" in broken[0]["error"]
+
+
+def test_shards_keep_each_video_on_one_process():
+    from ppllava.evaluate.runner import shard
+
+    qs = [Question(str(i), f"v{i % 3}", "q", ("x", "y"), 0, "c") for i in range(8)]
+    parts = [shard(qs, rank, 2) for rank in (0, 1)]
+    assert sorted(q.id for part in parts for q in part) == sorted(q.id for q in qs)
+    assert {q.video for q in parts[0]} == {"v0", "v2"} and {q.video for q in parts[1]} == {"v1"}
 
 
 def test_mc_prompt_lists_lettered_options():
@@ -163,13 +181,35 @@ def test_formats_read_the_same_question(tmp_path):
         load_benchmark("videomme", tmp_path / "ego.json")
 
 
+def test_public_layouts_mvbench_task_folders_and_windows_nextqa_id_map(tmp_path, bed):
+    from ppllava.infer import Pipeline
+
+    (tmp_path / "json").mkdir()
+    (tmp_path / "video" / "star" / "Charades_segment").mkdir(parents=True)
+    write_video(tmp_path / "video" / "star" / "Charades_segment" / "c1.mp4", 25, size=(48, 64), noise=False)
+    (tmp_path / "json" / "action_sequence.json").write_text(json.dumps(
+        [{"video": "c1.mp4", "question": "What?", "candidates": ["x", "y"], "answer": "y", "start": 0.4, "end": 0.8}]))
+    q = load_benchmark("mvbench", tmp_path / "json", tmp_path / "video")[0]
+    assert q.video == str(tmp_path / "video" / "star" / "Charades_segment" / "c1.mp4") and q.window == (0.4, 0.8)
+    visual = Pipeline.load(bed["model"], frames=4).read(q.video, window=q.window)
+    assert all(10 <= i < 20 for i in visual.indices)                     # 25 fps: seconds 0.4-0.8 are frames 10-19
+
+    with (tmp_path / "nextqa.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["video", "question", "answer", "qid", "type", "a0", "a1", "a2", "a3", "a4"])
+        w.writerow(["4010069381", "what", 1, 3, "TN", "a", "b", "c", "d", "e"])
+    (tmp_path / "map_vid_vidorID.json").write_text(json.dumps({"4010069381": "0000/4010069381"}))
+    assert load_benchmark("nextqa", tmp_path / "nextqa.csv", tmp_path / "NExTVideo")[0].video == \
+        str(tmp_path / "NExTVideo" / "0000" / "4010069381.mp4")
+
+
 # -- eval end to end ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def benchmark(bed):
     path = bed["root"] / "bench.jsonl"
     rows = [{"question_id": str(i), "videoID": f"v{i % 3}", "question": "what happens in the video",
              "options": ["A. a cat", "B. a dog", "C. a person cooking"], "answer": "ABC"[i % 3],
-             "task_type": ["count", "order"][i % 2]} for i in range(6)]
+             "task_type": ["count", "order"][i % 2], "duration": ["short", "short", "long"][i % 3]} for i in range(6)]
     rows.append({**rows[0], "question_id": "x", "videoID": "broken"})
     path.write_text("\n".join(map(json.dumps, rows)))
     return path
@@ -180,6 +220,10 @@ def _check_scored(result):
     assert [r["id"] for r in rows] == [str(i) for i in range(6)] + ["x"]
     right = sum(r["choice"] == r["answer"] for r in rows)                 # recomputed by hand from the rows
     assert result["accuracy"] == pytest.approx(right / 7) and result["errors"] == 1
+    for duration in ("short", "long"):
+        these = [r for r in rows if r["group"] == duration]
+        assert result["per_group"][duration] == {"accuracy": pytest.approx(
+            sum(r["choice"] == r["answer"] for r in these) / len(these)), "n": len(these)}
     for r in rows[:6]:
         parsed = extract_choice(r["output"], ("a cat", "a dog", "a person cooking"))
         assert r["choice"] == (None if parsed is None else "ABC"[parsed])
@@ -220,13 +264,20 @@ def test_lmms_adapter_answers_generate_until_requests(bed):
             self.args = args
 
     adapter = Adapter(model=str(bed["model"]), frames="4", max_new_tokens="3")
-    docs = {"v": {"test": [{"video": str(bed["root"] / "v0.mp4")}, {"image": Image.new("RGB", (64, 48), "red")}]}}
+    frames = [Image.new("RGB", (64, 48), (10 * i, 0, 0)) for i in range(10)]
+    docs = {"v": {"test": [{"video": str(bed["root"] / "v0.mp4")}, {"image": Image.new("RGB", (64, 48), "red")},
+                           {"frames": frames}]}}
     adapter.task_dict = docs
-    requests = [Request("what happens in the video", {"max_new_tokens": 2, "until": ["\n\n"]},
+    requests = [Request("what happens in the video", {"max_new_tokens": 2, "until": "\n\n"},
                         lambda doc: [doc["video"]], 0, "v", "test"),
-                Request("describe the image in detail", {}, lambda doc: [doc["image"]], 1, "v", "test")]
+                Request("describe the image in detail", {}, lambda doc: [doc["image"]], 1, "v", "test"),
+                Request("what happens in the video", {"until": ["\n\n"]}, lambda doc: doc["frames"], 2, "v", "test")]
     answers = adapter.generate_until(requests)
-    assert len(answers) == 2 and all(isinstance(a, str) and "\n\n" not in a for a in answers)
+    assert len(answers) == 3 and all(isinstance(a, str) and "\n\n" not in a for a in answers)
+    visual = adapter._visual(frames)
+    assert visual.is_video and len(visual.indices) == 4                   # 10 frames sampled down to --frames
+    assert [int(f[0, 0, 0]) for f in visual.frames] == [10, 30, 60, 80]   # segment centres of 10: 1, 3, 6, 8
+    assert adapter.device == adapter.pipeline.device
     assert adapter.rank == 0 and adapter.world_size == 1
     with pytest.raises(NotImplementedError, match="generate_until"):
         adapter.loglikelihood(requests)

@@ -31,8 +31,6 @@ CLIP-L/336 + 7B LLM) can be named instead, with random weights.
 from __future__ import annotations
 
 import copy
-import ctypes
-import gc
 import os
 import statistics
 import time
@@ -40,6 +38,7 @@ import time
 import torch
 
 from backends.device import device_name, dtype_name, synchronize
+from backends.memory import peak_meter
 
 # the model and data modules (transformers) are imported where used: the CLI reads MODEL_SIZES at start-up
 
@@ -142,68 +141,6 @@ def cpu_model() -> str | None:
     except OSError:
         pass
     return None
-
-
-# -- memory -----------------------------------------------------------------------------------------
-def _proc_status_kb(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise OSError(f"/proc/self/status has no {field}")
-
-
-class _CpuPeak:
-    """Peak resident-set growth of this process over a block (Linux: clear_refs resets VmHWM)."""
-
-    method = ("cpu: peak resident set (VmHWM) of the process during the run minus its resident set before it "
-              "(peak reset through /proc/self/clear_refs after gc and malloc_trim)")
-
-    def __init__(self):
-        try:
-            self.libc = ctypes.CDLL("libc.so.6")
-            self.libc.malloc_trim(0)
-            _proc_status_kb("VmHWM")
-            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-                f.write("5")
-            self.ok = True
-        except (OSError, AttributeError):
-            self.ok = False
-
-    def __enter__(self):
-        gc.collect()
-        self.libc.malloc_trim(0)
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-        self.base = _proc_status_kb("VmRSS")
-        return self
-
-    def __exit__(self, *exc):
-        self.peak = _proc_status_kb("VmHWM") - self.base
-
-
-class _AcceleratorPeak:
-    method = ("accelerator: torch.accelerator.max_memory_allocated() during the run minus memory_allocated() "
-              "before it (after reset_peak_memory_stats)")
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.ok = True
-
-    def __enter__(self):
-        gc.collect()
-        synchronize(self.device)
-        torch.accelerator.reset_peak_memory_stats(self.device)
-        self.base = torch.accelerator.memory_allocated(self.device)
-        return self
-
-    def __exit__(self, *exc):
-        synchronize(self.device)
-        self.peak = torch.accelerator.max_memory_allocated(self.device) - self.base
-
-
-def _peak_meter(device: torch.device):
-    return _CpuPeak() if device.type == "cpu" else _AcceleratorPeak(device)
 
 
 # -- one run ------------------------------------------------------------------------------------------
@@ -317,7 +254,7 @@ def bench_e2e(device: torch.device, dtype: torch.dtype, size: str = DEFAULT_MODE
     _vision_once(model, preprocess, video, device)
     vision = statistics.median(_vision_once(model, preprocess, video, device) for _ in range(repeats))
 
-    meter = _peak_meter(device)
+    meter = peak_meter(device)
     peaks = {}
     for mode in MODES:
         step(f"peak memory {mode}")
@@ -371,14 +308,13 @@ def _mib(value) -> str:
 
 def format_report(report: dict) -> str:
     m, v = report["model"], report["video"]
-    llm = m["llm"]
     n = report["new_tokens"]
     lines = [
         f"device {report['device']} ({report['device_name']}), {report['dtype']}, torch {report['torch']}, "
         f"{report['threads']} threads; host CPU {report['machine']['cpu_model']}, "
         f"{report['machine']['logical_cpus']} logical CPUs",
         f"model {m['size']!r}: {m['description']}",
-        f"  parameters: " + ", ".join(f"{k} {p / 1e6:.2f}M" for k, p in m["parameters"].items()),
+        "  parameters: " + ", ".join(f"{k} {p / 1e6:.2f}M" for k, p in m["parameters"].items()),
         f"video: {v['frames']} frames decoded at {v['decoded_resolution']} -> {m['vision']['image_size']} px, "
         f"{v['patches_per_frame']} patches each; {v['text_tokens']} text tokens; {n} new tokens (greedy); "
         f"median of {report['repeats']} after a warm-up",

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import os
+from pathlib import Path
 
 from . import options
 
 EPILOG = """\
 examples:
   ppllava eval --benchmark mvbench --data MVBench/json --videos MVBench/video --model models/lv7b --out mvbench.json
+  ppllava eval --benchmark nextqa --data nextqa/test.csv --videos NExTVideo --model models/lv7b   # map_vid_vidorID.json beside the csv
   torchrun --nproc-per-node 8 -m ppllava eval --benchmark videomme --data videomme.jsonl --model models/lv7b
 
-Each question is asked with its options as (A) ... (B) ... and "Answer with the option's letter"; the
+With --device cuda:1 (or npu:1) one process runs there; under torchrun each process takes the device of
+its local rank. Each question is asked with its options as (A) ... (B) ... and "Answer with the option's letter"; the
 letter is read from the answer ("B", "(B)", "Answer: B", or the one option text it contains). Under
 torchrun each process answers every world_size-th question; rank 0 gathers, prints the accuracy overall
 and per category, and writes --out (every question's output, parsed choice and correctness) atomically.
@@ -26,7 +28,9 @@ def add_parser(sub) -> None:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--benchmark", required=True, choices=["mvbench", "videomme", "nextqa", "egoschema"])
     p.add_argument("--data", required=True, help="the annotation file (or MVBench's folder of task files)")
-    p.add_argument("--videos", default=None, help="folder the videos' paths are relative to (default: the data's folder)")
+    p.add_argument("--videos", default=None,
+                   help="folder the videos' paths are relative to (default: the data's folder; MVBench: its video/ "
+                        "folder, whose per-task sub-folders are found by task)")
     p.add_argument("--model", required=True, help="a PPLLaVA checkpoint folder")
     p.add_argument("--out", default=None, help="write the full results (JSON) here")
     options.add_device(p)
@@ -34,6 +38,8 @@ def add_parser(sub) -> None:
     p.add_argument("--frames", type=int, default=32, help="frames sampled per video (default 32)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated per answer (default 16)")
     p.add_argument("--limit", type=int, default=None, help="only the first N questions (a quick check)")
+    p.add_argument("--scored-only", action="store_true",
+                   help="skip questions without a known answer (e.g. EgoSchema beyond its 500-question subset)")
     p.set_defaults(run=run)
 
 
@@ -42,11 +48,16 @@ def run(args) -> int:
     from ppllava.evaluate import evaluate, load_benchmark, write_json_atomic
     from ppllava.infer import Pipeline
 
-    questions = load_benchmark(args.benchmark, args.data, args.videos)[:args.limit]
+    questions = load_benchmark(args.benchmark, args.data, args.videos)
+    if args.scored_only:
+        questions = [q for q in questions if q.answer is not None]
+    if not questions:
+        raise ValueError(f"{args.data}: no questions with a known answer")
+    questions = questions[:args.limit]
+    if args.out and Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a folder: give the path of the JSON file to write")
     options.quiet_loading()
-    if args.device != "auto":
-        os.environ["PPLLAVA_DEVICE"] = args.device.partition(":")[0]
-    group = distributed.start(deepspeed=False)
+    group = distributed.start(deepspeed=False, device=None if args.device == "auto" else args.device)
     try:
         pipe = Pipeline.load(args.model, device=group.device, dtype=args.dtype, frames=args.frames)
         result = evaluate(pipe, questions, group, args.benchmark, args.max_new_tokens)
@@ -65,5 +76,6 @@ def format_result(r: dict) -> str:
     acc = "n/a" if r["accuracy"] is None else f"{100 * r['accuracy']:.2f}%"
     lines = [f"{r['benchmark']}: accuracy {acc} over {r['scored']} scored of {r['total']} questions "
              f"({r['unparsed']} answers named no option, {r['errors']} unreadable videos; {r['processes']} process(es))"]
-    lines += [f"  {name:<32} {100 * c['accuracy']:6.2f}%  (n={c['n']})" for name, c in r["per_category"].items()]
+    for name, c in [*r["per_category"].items(), *r["per_group"].items()]:
+        lines.append(f"  {name:<32} {100 * c['accuracy']:6.2f}%  (n={c['n']})")
     return "\n".join(lines)

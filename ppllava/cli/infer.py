@@ -17,7 +17,8 @@ examples:
 
 --batch reads lines of {"video": PATH, "question": TEXT} (optional "id"; relative paths are taken from
 the file's folder) and appends {"id", "answer", "tokens", "visual_tokens", "seconds"} or {"id", "error"}
-to --out, one line each; rerunning skips ids already there.
+to --out, one line each; rerunning skips the ids answered there and retries the failed ones. The exit
+code is 1 when any question failed.
 """
 
 

@@ -1,10 +1,14 @@
 """Multiple-choice video QA benchmarks, read into one form: Question(id, video, question, options, answer, category).
 
     mvbench    a .json list (or a folder of them, one per task: the task is the category) of
-               {"video", "question", "candidates": [...], "answer": "<the right candidate's text>"}
-    videomme   .json / .jsonl of {"question_id", "videoID" (or "video_id"), "question",
+               {"video", "question", "candidates": [...], "answer": "<the right candidate's text>",
+               optional "start"/"end" seconds}; with `video_root` the public layout's video folder,
+               each task's videos are found in its own sub-folder (MVBENCH_FOLDERS)
+    videomme   .json / .jsonl (or the published .parquet, with pyarrow installed) of {"question_id", "videoID" (or "video_id"), "question",
                "options": ["A. ...", ...], "answer": "A", "task_type", "duration"}; category task_type
-    nextqa     the MC .csv: video, question, answer (0-4), qid, type, a0..a4; category type
+    nextqa     the MC .csv: video, question, answer (0-4), qid, type, a0..a4; category type. The video
+               column is an id: a map_vid_vidorID.json beside the csv (or in video_root) maps it to
+               the file's relative path, as the public release ships it
     egoschema  questions .json of {"q_uid", "question", "option 0".."option 4"} (the category is "all"), with
                answers from "answer" in each record or a subset_answers.json {q_uid: index} beside the file
 
@@ -23,6 +27,22 @@ from pathlib import Path
 LETTERS = "ABCDEFGHIJ"
 
 
+# MVBench: where each task's videos live under the release's video folder (frame-folder tasks: fps)
+MVBENCH_FOLDERS = {
+    "object_interaction": "star/Charades_segment", "action_sequence": "star/Charades_segment",
+    "action_prediction": "star/Charades_segment", "action_localization": "sta/sta_video_segment",
+    "moving_count": "clevrer/video_validation", "fine_grained_pose": "nturgbd_convert",
+    "character_order": "perception/videos", "object_shuffle": "perception/videos", "egocentric_navigation": "vlnqa",
+    "moving_direction": "clevrer/video_validation", "episodic_reasoning": "tvqa/video_fps3_hq_segment",
+    "fine_grained_action": "Moments_in_Time_Raw/videos", "scene_transition": "scene_qa/video",
+    "state_change": "perception/videos", "moving_attribute": "clevrer/video_validation",
+    "action_antonym": "ssv2_video_mp4", "unexpected_action": "FunQA_test/test",
+    "counterfactual_inference": "clevrer/video_validation", "object_existence": "clevrer/video_validation",
+    "action_count": "perception/videos",
+}
+FRAME_FOLDER_FPS = {"episodic_reasoning": 3.0}
+
+
 @dataclass(frozen=True)
 class Question:
     id: str
@@ -31,9 +51,18 @@ class Question:
     options: tuple[str, ...]
     answer: int | None              # index of the right option (None: unknown, e.g. a hidden test split)
     category: str
+    window: tuple[float | None, float | None] = (None, None)   # start/end seconds inside the video
+    fps: float | None = None        # frame rate of a folder of frames (for the window)
+    group: str | None = None        # a second breakdown: Video-MME's duration (short / medium / long)
 
 
 def _records(path: Path) -> list[dict]:
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ValueError("reading .parquet needs pyarrow (pip install pyarrow), or convert it to JSONL") from None
+        return pq.read_table(path).to_pylist()
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
         return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -44,8 +73,9 @@ def _records(path: Path) -> list[dict]:
 
 
 def _video(root: Path, name: str) -> str:
-    name = str(name)
-    return str(root / (name if Path(name).suffix else f"{name}.mp4"))
+    """root/name; a bare id that is not a folder of frames gets .mp4."""
+    path = root / str(name)
+    return str(path if path.suffix or path.is_dir() else path.with_name(f"{path.name}.mp4"))
 
 
 _OPTION_PREFIX = re.compile(r"^\(?([A-J])[.):]\s*")
@@ -59,11 +89,15 @@ def read_mvbench(path: Path, root: Path) -> list[Question]:
     files = sorted(path.glob("*.json")) if path.is_dir() else [path]
     out = []
     for file in files:
+        task = file.stem
+        sub = MVBENCH_FOLDERS.get(task)
+        folder = root / sub if sub and (root / sub).is_dir() else root
         for i, r in enumerate(_records(file)):
             options = tuple(str(c) for c in r["candidates"])
             answer = options.index(str(r["answer"])) if "answer" in r else None
-            out.append(Question(f"{file.stem}/{i}", _video(root, r["video"]), r["question"], options, answer,
-                                r.get("task_type", file.stem)))
+            window = (r.get("start"), r.get("end"))
+            out.append(Question(f"{task}/{i}", _video(folder, r["video"]), r["question"], options, answer,
+                                r.get("task_type", task), window, FRAME_FOLDER_FPS.get(task)))
     return out
 
 
@@ -74,17 +108,20 @@ def read_videomme(path: Path, root: Path) -> list[Question]:
         answer = LETTERS.index(r["answer"].strip()[0]) if r.get("answer") else None
         video = r.get("videoID") or r["video_id"]
         out.append(Question(str(r["question_id"]), _video(root, video), r["question"], options, answer,
-                            r.get("task_type", "all")))
+                            r.get("task_type", "all"), group=r.get("duration")))
     return out
 
 
 def read_nextqa(path: Path, root: Path) -> list[Question]:
     with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
+    maps = [p / "map_vid_vidorID.json" for p in (path.parent, root)]
+    mapping = next((json.loads(m.read_text()) for m in maps if m.is_file()), {})
     out = []
     for r in rows:
         options = tuple(r[f"a{k}"] for k in range(5))
-        out.append(Question(f"{r['video']}_{r['qid']}", _video(root, r["video"]), r["question"].strip().rstrip("?") + "?",
+        video = mapping.get(str(r["video"]), r["video"])
+        out.append(Question(f"{r['video']}_{r['qid']}", _video(root, video), r["question"].strip().rstrip("?") + "?",
                             options, int(r["answer"]), r.get("type", "all")))
     return out
 

@@ -17,6 +17,9 @@ import os
 import numpy as np
 import torch
 
+from backends.device import current_device_type, resolve_device, set_current_device
+
+from ..data.sampling import sample_indices
 from ..infer import Pipeline
 
 
@@ -26,10 +29,19 @@ class Adapter:
     def __init__(self, model: str, device: str = "auto", dtype: str | None = None, frames: int | str = 32,
                  max_new_tokens: int | str = 128, **_ignored):
         super().__init__()
+        if device in (None, "auto") and "LOCAL_RANK" in os.environ:       # one device per process
+            kind = current_device_type()
+            device = kind if kind == "cpu" else f"{kind}:{os.environ['LOCAL_RANK']}"
+        device = resolve_device(device)
+        set_current_device(device)
         self.pipeline = Pipeline.load(model, device=device, dtype=dtype, frames=int(frames))
-        self.max_new_tokens = int(max_new_tokens)
+        self.frames, self.max_new_tokens = int(frames), int(max_new_tokens)
         self._rank = int(os.environ.get("RANK", 0))
         self._world_size = int(os.environ.get("WORLD_SIZE", 1))
+
+    @property
+    def device(self):
+        return self.pipeline.device
 
     @property
     def rank(self) -> int:
@@ -40,15 +52,17 @@ class Adapter:
         return self._world_size
 
     def _visual(self, visuals):
-        """The first visual of a request: a video path, or an image (PIL) / frames as lmms-eval hands them."""
+        """A request's visual: a video path (the first), or images (PIL / arrays): one is an image, several
+        are a video's frames (sampled down to `frames` at segment centres)."""
         if not visuals:
             return None
-        first = visuals[0]
-        if isinstance(first, (str, os.PathLike)):
-            return self.pipeline.read(first)
-        frames = torch.from_numpy(np.asarray(first.convert("RGB") if hasattr(first, "convert") else first).copy())
-        frames = frames[None] if frames.ndim == 3 else frames
-        return self.pipeline.from_frames(frames.to(torch.uint8), is_video=len(frames) > 1)
+        if isinstance(visuals[0], (str, os.PathLike)):
+            return self.pipeline.read(visuals[0])
+        arrays = [np.asarray(v.convert("RGB") if hasattr(v, "convert") else v) for v in visuals]
+        frames = torch.from_numpy(np.stack([a for a in arrays for a in (a if a.ndim == 4 else a[None])]))
+        if len(frames) > 1:
+            frames = frames[sample_indices(len(frames), self.frames, train=False)]
+        return self.pipeline.from_frames(frames.to(torch.uint8).contiguous(), is_video=len(frames) > 1)
 
     def generate_until(self, requests) -> list[str]:
         out = []
@@ -57,7 +71,8 @@ class Adapter:
             visual = self._visual(doc_to_visual(self.task_dict[task][split][doc_id]))
             tokens = int(gen_kwargs.get("max_new_tokens", self.max_new_tokens))
             text = self.pipeline.ask(visual, context, max_new_tokens=tokens).text
-            for stop in gen_kwargs.get("until", []) or []:
+            until = gen_kwargs.get("until") or []
+            for stop in [until] if isinstance(until, str) else until:
                 if stop and stop in text:
                     text = text.split(stop)[0]
             out.append(text)

@@ -15,36 +15,55 @@ from .scoring import accuracy, extract_choice, mc_prompt, pooling_text
 
 
 def answer_all(pipeline, questions: list[Question], max_new_tokens: int = 16, progress: bool = True) -> list[dict]:
-    """One row per question: the raw answer, the parsed choice, whether it is right (an unreadable video is
-    an error row, counted as wrong, and the run goes on)."""
-    rows = []
+    """One row per question: the raw answer, the parsed choice, whether it is right. A video that cannot be
+    read, or a question that fails on the device (e.g. out of memory), is an error row counted as wrong,
+    and the run goes on. Consecutive questions about one video share its decoded, encoded frames."""
+    rows, cached = [], (None, None)
     for q in tqdm(questions, desc="eval", unit="question", disable=not progress):
-        row = {"id": q.id, "category": q.category, "video": q.video,
+        row = {"id": q.id, "category": q.category, "group": q.group, "video": q.video,
                "answer": None if q.answer is None else LETTERS[q.answer]}
         try:
-            out = pipeline.ask(pipeline.read(q.video), mc_prompt(q), max_new_tokens=max_new_tokens,
-                               pooling_text=pooling_text(q))
+            key = (q.video, q.window, q.fps)
+            if cached[0] != key:
+                cached = (None, None)                            # free the last video before reading the next
+                cached = (key, pipeline.read(q.video, window=q.window, fps=q.fps))
+            out = pipeline.ask(cached[1], mc_prompt(q), max_new_tokens=max_new_tokens, pooling_text=pooling_text(q))
             choice = extract_choice(out.text, q.options)
             row.update(output=out.text, choice=None if choice is None else LETTERS[choice])
-        except (DataError, FileNotFoundError) as e:
-            row.update(output=None, choice=None, error=str(e))
+        except (DataError, FileNotFoundError, RuntimeError) as e:
+            row.update(output=None, choice=None, error=f"{type(e).__name__}: {e}".splitlines()[0])
         row["correct"] = None if q.answer is None else row["choice"] == row["answer"]
         rows.append(row)
     return rows
 
 
+def shard(questions: list[Question], rank: int, world_size: int) -> list[Question]:
+    """This process's questions: whole videos, dealt round-robin (so each video is read by one process)."""
+    videos = list(dict.fromkeys(q.video for q in questions))
+    mine = set(videos[rank::world_size])
+    return [q for q in questions if q.video in mine]
+
+
 def write_json_atomic(path: str | Path, data: dict) -> None:
+    """Write `path` whole or not at all (a temporary file beside it, renamed), readable like any new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
-        json.dump(data, f, indent=1)
-        tmp = f.name
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def evaluate(pipeline, questions: list[Question], group, benchmark: str, max_new_tokens: int = 16) -> dict | None:
-    """Each process answers questions[rank::world]; the main one gathers, scores and returns the results."""
-    mine = answer_all(pipeline, questions[group.rank::group.world_size], max_new_tokens, progress=group.is_main)
+    """Each process answers the questions of its videos; the main one gathers, scores and returns the results."""
+    mine = answer_all(pipeline, shard(questions, group.rank, group.world_size), max_new_tokens, progress=group.is_main)
     gathered = group.gather(mine)
     if not group.is_main:
         return None

@@ -1,4 +1,5 @@
-"""Batch inference over a JSONL of questions, appending one JSON line per answer (a rerun continues)."""
+"""Batch inference over a JSONL of questions, appending one JSON line per answer (a rerun continues
+with the questions not yet answered, failed ones included)."""
 
 from __future__ import annotations
 
@@ -27,17 +28,21 @@ def read_requests(path: str | Path) -> list[dict]:
             raise ValueError(f"{path}:{number}: expected an object with a non-empty \"question\"")
         if "video" in item and not isinstance(item["video"], str):
             raise ValueError(f"{path}:{number}: \"video\" must be a path")
+        if not isinstance(item.get("id", number), (str, int)):
+            raise ValueError(f"{path}:{number}: \"id\" must be a string or a number")
         requests.append({"id": item.get("id", number), **item})
     return requests
 
 
 def answered(path: Path) -> set:
-    """ids already in an output file (a torn last line is ignored)."""
+    """ids already answered in an output file (error rows are retried; a torn last line is ignored)."""
     done = set()
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
-                done.add(json.loads(line)["id"])
+                row = json.loads(line)
+                if "error" not in row:
+                    done.add(row["id"])
             except (ValueError, KeyError, TypeError):
                 continue
     return done
@@ -61,7 +66,7 @@ def run_batch(pipeline, requests: list[dict], out: str | Path, max_new_tokens: i
                 answer = pipeline.ask(visual, request["question"], max_new_tokens=max_new_tokens)
                 row.update(answer=answer.text, tokens=answer.tokens, visual_tokens=answer.visual_tokens,
                            seconds={**(visual.seconds if visual else {}), **answer.seconds})
-            except (DataError, FileNotFoundError, ValueError) as e:
+            except (DataError, FileNotFoundError, ValueError, RuntimeError) as e:
                 errors += 1
                 row["error"] = str(e)
             f.write(json.dumps(row) + "\n")

@@ -26,7 +26,7 @@ from backends.device import dtype_from_name, resolve_device, synchronize
 from ..conversation import pooling_prompt
 from ..data import ChatEncoder, Preprocessor, get_reader, read_image
 from ..data.readers import FrameFolderReader
-from ..data.sampling import read_clip
+from ..data.sampling import frame_window, read_clip
 from ..model.checkpoint import load_model, load_tokenizers, read_config
 from ..model.context import encode_prompts
 
@@ -47,7 +47,7 @@ class Visual:
 @dataclass
 class Answer:
     text: str
-    tokens: int                         # generated tokens
+    tokens: int                         # generated tokens of the answer (the stop token not counted)
     visual_tokens: int                  # tokens the visual became in the LLM's input
     seconds: dict                       # prefill (to the first token) and generate (all tokens)
 
@@ -60,6 +60,25 @@ class Pipeline:
         self.preprocess = Preprocessor.for_config(model.config)
         family = model.config.tower_family()
         self.pad_prompts = family.pad_prompts_to_max
+        self.stop_ids = self._stop_ids()
+
+    def _stop_ids(self) -> list[int]:
+        """Tokens that end an answer: the tokenizer's and the LLM's EOS, and the token the chat template
+        closes an assistant turn with (<|im_end|>, <|eot_id|>, ...), whichever of them exist."""
+        ids: list[int] = []
+        generation = getattr(self.model.language_model, "generation_config", None)
+        for value in (self.tokenizer.eos_token_id, self.config.text_config.eos_token_id,
+                      getattr(generation, "eos_token_id", None)):
+            ids += value if isinstance(value, list) else [] if value is None else [value]
+        marker = "zqxj"
+        text = self.encoder.render([{"role": "user", "content": [{"type": "text", "text": "a"}]},
+                                    {"role": "assistant", "content": [{"type": "text", "text": marker}]}])
+        end = text.rfind(marker) + len(marker)
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        after = [t for t, (a, _) in zip(enc["input_ids"], enc["offset_mapping"]) if a >= end]
+        if after and after[0] in self.tokenizer.all_special_ids:
+            ids.append(after[0])
+        return list(dict.fromkeys(ids))
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = None,
@@ -69,15 +88,20 @@ class Pipeline:
         if frames < 1:
             raise ValueError(f"--frames must be >= 1, got {frames}")
         device = resolve_device(device)
-        read_config(directory)                                   # one clear error for a folder that is not ours
+        config = read_config(directory)                          # one clear error for a folder that is not ours
+        if frames < config.video_kernel[0]:
+            raise ValueError(f"--frames {frames} is fewer than the video kernel's {config.video_kernel[0]} frames")
+        tokenizer, prompt_tokenizer = load_tokenizers(directory) # before the weights: fail fast
         dtype = dtype_from_name(dtype) if isinstance(dtype, str) else dtype
         model = load_model(directory, dtype=dtype).to(device)
-        tokenizer, prompt_tokenizer = load_tokenizers(directory)
         return cls(model, tokenizer, prompt_tokenizer, device, frames, reader)
 
     # -- visuals -----------------------------------------------------------------------------------
-    def read(self, path: str | Path, frames: int | None = None) -> Visual:
-        """Decode `frames` evenly spaced frames (segment centres) of a video, or one image, and encode them."""
+    def read(self, path: str | Path, frames: int | None = None, window: tuple[float | None, float | None] = (None, None),
+             fps: float | None = None) -> Visual:
+        """Decode `frames` evenly spaced frames (segment centres) of a video, or one image, and encode them.
+
+        window: (start, end) seconds to sample inside; fps: the frame rate of a folder of frames."""
         path = str(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} does not exist")
@@ -86,9 +110,10 @@ class Pipeline:
         if not is_video:
             pixels, indices = read_image(path), [0]
         else:
-            reader = FrameFolderReader() if os.path.isdir(path) else get_reader(self.reader_name)
+            reader = FrameFolderReader(fps) if os.path.isdir(path) else get_reader(self.reader_name)
             with reader.open(path) as clip:
-                pixels, indices = read_clip(clip, frames or self.frames, train=False)
+                span = frame_window(clip.num_frames, clip.fps, *window, path=path) if window != (None, None) else None
+                pixels, indices = read_clip(clip, frames or self.frames, train=False, window=span)
         decoded = time.perf_counter()
         patches = self.encode_frames(pixels)
         synchronize(self.device)
@@ -122,12 +147,20 @@ class Pipeline:
         out = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         if visual is None:
             return out
-        prompt = encode_prompts(self.prompt_tokenizer, [pooling_text or pooling_prompt(messages)],
+        prompt = encode_prompts(self.prompt_tokenizer, [pooling_text or self._pooling_text(messages)],
                                 self.config.prompt_config.max_position_embeddings, self.pad_prompts)
         return {**out, "patches": visual.patches, "visual_frames": torch.tensor([len(visual.indices)]),
                 "visual_is_video": torch.tensor([visual.is_video]), "visual_sample": torch.tensor([0]),
                 "prompt_input_ids": prompt["input_ids"].to(self.device),
                 "prompt_attention_mask": prompt["attention_mask"].to(self.device)}
+
+    def _pooling_text(self, messages: list[dict]) -> str:
+        """The user questions so far; in a long chat the oldest go first, so the current one always fits."""
+        questions = pooling_prompt(messages).split("\n")
+        limit = self.config.prompt_config.max_position_embeddings
+        while len(questions) > 1 and len(self.prompt_tokenizer("\n".join(questions))["input_ids"]) > limit:
+            questions.pop(0)
+        return "\n".join(questions)
 
     @torch.no_grad()
     def generate(self, visual: Visual | None, messages: list[dict], max_new_tokens: int = 256,
@@ -137,14 +170,14 @@ class Pipeline:
         streamer = _Streamer(self.tokenizer, stream)
         start = time.perf_counter()
         out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
-                                  pad_token_id=self.tokenizer.pad_token_id)
+                                  pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.stop_ids)
         synchronize(self.device)
         new = out[0, inputs["input_ids"].shape[1]:].tolist()
-        eos = self.tokenizer.eos_token_id
-        tokens = new[:new.index(eos)] if eos in new else new
+        stop = next((i for i, t in enumerate(new) if t in self.stop_ids), len(new))
+        tokens = new[:stop]
         visual_tokens = int(self.model.placeholder_mask(inputs["input_ids"]).sum())
         seconds = {"first_token": (streamer.first or time.perf_counter()) - start, "generate": time.perf_counter() - start}
-        return Answer(self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(new), visual_tokens, seconds)
+        return Answer(self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(tokens), visual_tokens, seconds)
 
     @torch.no_grad()
     def relevance(self, visual: Visual, question: str) -> torch.Tensor:
@@ -174,7 +207,11 @@ class Chat:
     def ask(self, question: str, **kwargs) -> Answer:
         first = not self.messages
         self.messages.append(_user(question, self.visual if first else None))
-        answer = self.pipeline.generate(self.visual, self.messages, **kwargs)
+        try:
+            answer = self.pipeline.generate(self.visual, self.messages, **kwargs)
+        except BaseException:
+            self.messages.pop()                                  # the history holds answered turns only
+            raise
         self.messages.append({"role": "assistant", "content": [{"type": "text", "text": answer.text}]})
         return answer
 

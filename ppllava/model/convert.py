@@ -24,7 +24,6 @@ from transformers import AutoTokenizer, LlavaNextForConditionalGeneration, Llava
 from .checkpoint import PROMPT_TOKENIZER_DIR, save_weights
 from .config import PPLLaVAConfig
 from .context import KEEP, STRETCH, extend_positions, extended_length
-from .modeling import PPLLaVAForConditionalGeneration
 from .towers import family_of_dual, family_of_vision
 
 log = logging.getLogger(__name__)

@@ -68,6 +68,9 @@ def save_tiny_checkpoint(directory: str | Path, seed: int = 0, corpus: list[str]
     tokenizer = llm_tokenizer(corpus)
     config = load_config("tiny")
     config.image_token_id, config.video_token_id = tokenizer.convert_tokens_to_ids(["<image>", "<video>"])
+    text = config.text_config                      # as Qwen2-Instruct: a turn ends the answer, <|endoftext|> pads
+    text.eos_token_id, text.pad_token_id = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    text.bos_token_id = None
     config.check()
     model = build_model(config, seed=seed)
     out.parent.mkdir(parents=True, exist_ok=True)
