@@ -49,6 +49,8 @@ def test_chat_reuses_the_frames_and_follows_the_question(bed):
     from ppllava.infer import Pipeline
 
     pipe = Pipeline.load(bed["model"], frames=4)
+    end_of_turn, eos = pipe.tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    assert set(pipe.stop_ids) == {end_of_turn, eos}                        # found in the chat template
     visual = pipe.read(bed["root"] / "v1.mp4")
     chat = pipe.chat(visual)
     chat.ask("what happens in the video", max_new_tokens=3)

@@ -66,9 +66,9 @@ class Pipeline:
         """Tokens that end an answer: the tokenizer's and the LLM's EOS, and the token the chat template
         closes an assistant turn with (<|im_end|>, <|eot_id|>, ...), whichever of them exist."""
         ids: list[int] = []
-        generation = getattr(self.model.language_model, "generation_config", None)
+        configs = [getattr(m, "generation_config", None) for m in (self.model, self.model.language_model)]
         for value in (self.tokenizer.eos_token_id, self.config.text_config.eos_token_id,
-                      getattr(generation, "eos_token_id", None)):
+                      *(getattr(c, "eos_token_id", None) for c in configs)):
             ids += value if isinstance(value, list) else [] if value is None else [value]
         marker = "zqxj"
         text = self.encoder.render([{"role": "user", "content": [{"type": "text", "text": "a"}]},

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,8 @@ def convert(base_dir, text_tower_dir, out_dir, keep: int = KEEP, stretch: int = 
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.partial-") as tmp:
         save_weights(config, state, tmp, base.dtype, "converted weights")
         _copy_tokenizers(base_dir, text_tower_dir, Path(tmp), config.prompt_config.max_position_embeddings)
+        if (Path(base_dir) / "generation_config.json").is_file():   # the base's stop tokens and defaults
+            shutil.copy2(Path(base_dir) / "generation_config.json", Path(tmp) / "generation_config.json")
         if out.exists():
             out.rmdir()                                  # empty (checked above)
         os.replace(tmp, out)                             # the folder appears complete or not at all
