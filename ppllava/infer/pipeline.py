@@ -182,6 +182,9 @@ class Pipeline:
     @torch.no_grad()
     def relevance(self, visual: Visual, question: str) -> torch.Tensor:
         """The relevance map the pooling uses for `question`: float32 (T, g, g), summing to 1 over the visual."""
+        if self.config.pooling_mode != "prompt":
+            raise ValueError(f"this checkpoint pools with pooling_mode={self.config.pooling_mode!r}, which does not "
+                             f"use the prompt's relevance map")
         prompt = encode_prompts(self.prompt_tokenizer, [pooling_prompt([_user(question, visual)])],
                                 self.config.prompt_config.max_position_embeddings, self.pad_prompts)
         pooling = self.model.prompt_pooling
