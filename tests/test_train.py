@@ -352,3 +352,21 @@ def test_stand_in_runs_the_same_modules_in_the_same_order_and_leaves_the_loss_al
     assert loss.item() == 0.0
     reached = {n for n, p in model.named_parameters() if p.grad is not None}
     assert reached == used and all(not p.grad.any() for n, p in model.named_parameters() if n in reached)
+
+
+def test_save_weights_accepts_views_of_one_flat_buffer(tmp_path):
+    """DeepSpeed's zero_to_fp32 can return parameters that are views into one flat fp32 buffer."""
+    from ppllava.model import load_model
+    from ppllava.model.checkpoint import save_weights
+
+    model = build_model("tiny", seed=3)
+    state = model.state_dict()
+    flat = torch.cat([v.reshape(-1).float() for v in state.values()])
+    views, offset = {}, 0
+    for k, v in state.items():
+        views[k] = flat[offset:offset + v.numel()].view(v.shape)
+        offset += v.numel()
+    save_weights(model.config, views, tmp_path, torch.float32)
+    loaded = load_model(tmp_path)
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, state[k].float()), k

@@ -88,7 +88,9 @@ def save_weights(config: PPLLaVAConfig, state: dict[str, torch.Tensor], director
     """Write config.json and the safetensors weights of `state` (checked against the config) to `directory`."""
     tied = {TIED_HEAD} if config.text_config.tie_word_embeddings else set()
     check_shapes(config, {k: tuple(v.shape) for k, v in state.items()}, what, tied)
-    state = {k: v.to(dtype) for k, v in state.items() if k not in tied}    # one copy of tied embeddings
+    # own storage per tensor (DeepSpeed's consolidated weights can be views of one flat buffer, which
+    # safetensors refuses), one copy of tied embeddings
+    state = {k: v.to(dtype, copy=True) for k, v in state.items() if k not in tied}
     config.dtype = dtype
     config.architectures = [PPLLaVAForConditionalGeneration.__name__]
     save_torch_state_dict(state, str(directory))
