@@ -164,11 +164,11 @@ class PPLLaVAForConditionalGeneration(PPLLaVAPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, pixel_values=None, visual_frames=None,
                 visual_is_video=None, visual_sample=None, prompt_input_ids=None, prompt_attention_mask=None,
-                inputs_embeds=None, labels=None, **kwargs):
+                inputs_embeds=None, labels=None, patches=None, **kwargs):
         """Causal-LM forward; labels at visual placeholder positions are ignored (set to -100)."""
         if inputs_embeds is None:
             inputs_embeds = self.embed_inputs(input_ids, pixel_values, visual_frames, visual_is_video, visual_sample,
-                                              prompt_input_ids, prompt_attention_mask)
+                                              prompt_input_ids, prompt_attention_mask, patches)
         if labels is not None and input_ids is not None:
             labels = labels.masked_fill(self.placeholder_mask(input_ids), -100)
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
