@@ -203,3 +203,8 @@ def set_current_device(device: torch.device) -> None:
     """Make `device` this process's current accelerator (no-op on the CPU)."""
     if device.type != "cpu":
         torch.accelerator.set_device_index(device.index or 0)
+
+
+def local_device(device_type: str, local_rank: int) -> torch.device:
+    """The device of the process with `local_rank` on its node: <type>:<local_rank>, or the CPU (no index)."""
+    return resolve_device(device_type if device_type == "cpu" else f"{device_type}:{local_rank}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from backends.device import current_device_type, dist_backend, resolve_device, set_current_device
+from backends.device import current_device_type, dist_backend, local_device, resolve_device, set_current_device
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def start(deepspeed: bool = True, device: str | None = None) -> Group:
     if alone and device:
         device = resolve_device(device)
     else:
-        device = resolve_device(device_type if device_type == "cpu" else f"{device_type}:{local}")
+        device = local_device(device_type, local)
     set_current_device(device)
     backend = os.environ.get("PPLLAVA_DIST_BACKEND") or dist_backend(device.type)
     if deepspeed:

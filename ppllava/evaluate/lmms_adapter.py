@@ -17,7 +17,7 @@ import os
 import numpy as np
 import torch
 
-from backends.device import current_device_type, resolve_device, set_current_device
+from backends.device import current_device_type, local_device, resolve_device, set_current_device
 
 from ..data.sampling import sample_indices
 from ..infer import Pipeline
@@ -30,8 +30,7 @@ class Adapter:
                  max_new_tokens: int | str = 128, **_ignored):
         super().__init__()
         if device in (None, "auto") and "LOCAL_RANK" in os.environ:       # one device per process
-            kind = current_device_type()
-            device = kind if kind == "cpu" else f"{kind}:{os.environ['LOCAL_RANK']}"
+            device = local_device(current_device_type(), int(os.environ["LOCAL_RANK"]))
         device = resolve_device(device)
         set_current_device(device)
         self.pipeline = Pipeline.load(model, device=device, dtype=dtype, frames=int(frames))
