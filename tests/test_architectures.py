@@ -7,6 +7,7 @@ from ppllava.model import PPLLaVAForConditionalGeneration, available_architectur
 
 # (patch grid, tokens of a 32-frame video, of an image crop, prompt positions, parameters in billions)
 EXPECTED = {
+    "testbed": (12, 16, 16, 77, None),                     # 2304 patches of a 16-frame clip -> 8 tokens
     "tiny": (24, 1024, 64, 248, None),
     "llava-next-7b": (24, 1024, 64, 248, (7.0, 7.6)),     # Vicuna-7B 6.7 + CLIP-L vision 0.30 + text 0.12
     "llava-video-7b": (27, 1296, 81, 196, (8.2, 8.8)),    # Qwen2-7B 7.6 + SigLIP vision 0.40 + text 0.45

@@ -32,8 +32,8 @@ def test_bench_ops_json(capsys):
     assert set(report["ops"]["relevance_map"]["C=16"]) == {"native", "cpu"}
 
 
-def test_demo_small(capsys):
-    assert main(["demo", "--frames", "8", "--size", "6"]) == 0
+def test_planted_small(capsys):
+    assert main(["bench", "planted", "--frames", "8", "--size", "6"]) == 0
     out = capsys.readouterr().out
     assert "visual tokens: 288 before pooling -> 16 after (18x fewer)" in out
 
@@ -42,7 +42,7 @@ def test_demo_small(capsys):
     (["bench", "ops", "--pool-dims", "x"], "--pool-dims: expected comma-separated positive integers"),
     (["bench", "ops", "--dtype", "fp8"], "unknown dtype 'fp8'"),
     (["env", "--device", "npu"], "device 'npu' needs the torch_npu package"),
-    (["demo", "--frames", "1"], "--frames must be >= 2"),
+    (["bench", "planted", "--frames", "1"], "--frames must be >= 2"),
 ])
 def test_user_errors_exit_2_with_one_line(argv, message, capsys):
     assert main(argv) == 2

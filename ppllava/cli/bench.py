@@ -1,4 +1,5 @@
-"""`ppllava bench ops|data|e2e`: op speed beside plain-pooling references, the video input path, and
+"""`ppllava bench ops|planted|data|e2e`: op speed beside plain-pooling references, what the ops keep of a
+planted answer, the video input path, and
 seconds per video of the whole model with full tokens, average pooling and prompt-guided pooling."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from . import options
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks (ops, data, e2e)", description="Benchmarks. Figures in BENCHMARKS.md come from these.")
+    p = sub.add_parser("bench", help="benchmarks (ops, planted, data, e2e)", description="Benchmarks. Figures in BENCHMARKS.md come from these.")
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
     ops = kinds.add_parser(
         "ops", help="forward and forward+backward time of both ops at the paper's shape",
@@ -28,6 +29,18 @@ def add_parser(sub) -> None:
     ops.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (default 5)")
     ops.add_argument("--json", action="store_true", help="print one JSON object with the timings and ratios")
     ops.set_defaults(run=run_ops)
+
+    planted = kinds.add_parser(
+        "planted", help="both ops on paper-sized features with a planted answer: where the relevance goes, what pooling keeps",
+        description="Run relevance_map and prompt_guided_pool on paper-sized features (32 frames of 24x24 patches, "
+                    "768-d CLIP embeddings, 1024-d features) in which one token per pooling window of one frame leans "
+                    "towards the prompt and carries a planted feature; print the relevance mass on those tokens and "
+                    "how much of their feature prompt-guided and average pooling keep, with the visual tokens before "
+                    "and after pooling and the time.")
+    options.add_device(planted)
+    options.add_dtype(planted)
+    options.add_geometry(planted)
+    planted.set_defaults(run=run_planted)
 
     data = kinds.add_parser(
         "data", help="video frames decoded and preprocessed per second, per reader and worker count",
@@ -155,4 +168,13 @@ def run_e2e(args) -> int:
                        repeats=args.repeats, resolution=resolution, text_tokens=args.text_tokens, seed=args.seed,
                        progress=progress)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def run_planted(args) -> int:
+    from ppllava.bench.planted import format_demo, run_demo
+
+    options.check_geometry(args)
+    print(format_demo(run_demo(options.device(args), options.dtype(args), frames=args.frames, size=args.size,
+                               planted_frame=args.frames // 2)))
     return 0

@@ -44,29 +44,31 @@ def make_tokenizer(vocab_size: int, specials: list[str], bos: str | None, eos: s
     return fast
 
 
-def llm_tokenizer(corpus: list[str] = CORPUS) -> PreTrainedTokenizerFast:
-    """The tiny LLM tokenizer: ChatML specials, <image> / <video> tokens (ids 300, 301), a chat template."""
-    tokenizer = make_tokenizer(300, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, "<|endoftext|>",
+def llm_tokenizer(corpus: list[str] = CORPUS, vocab_size: int = 300) -> PreTrainedTokenizerFast:
+    """The tiny LLM tokenizer: ChatML specials, <image> / <video> after the vocabulary, a chat template."""
+    tokenizer = make_tokenizer(vocab_size, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None, "<|endoftext|>",
                                extra=("<image>", "<video>"), corpus=corpus)
     tokenizer.chat_template = CHATML
     return tokenizer
 
 
-def clip_tokenizer(max_length: int, corpus: list[str] = CORPUS) -> PreTrainedTokenizerFast:
+def clip_tokenizer(max_length: int, corpus: list[str] = CORPUS, vocab_size: int = 300) -> PreTrainedTokenizerFast:
     """The tiny CLIP-text tokenizer: <|startoftext|> (0) ... <|endoftext|> (1), padded with <|endoftext|>."""
-    tokenizer = make_tokenizer(300, ["<|startoftext|>", "<|endoftext|>"], "<|startoftext|>", "<|endoftext|>",
+    tokenizer = make_tokenizer(vocab_size, ["<|startoftext|>", "<|endoftext|>"], "<|startoftext|>", "<|endoftext|>",
                                corpus=corpus)
     tokenizer.model_max_length = max_length
     return tokenizer
 
 
-def save_tiny_checkpoint(directory: str | Path, seed: int = 0, corpus: list[str] = CORPUS) -> Path:
-    """Write the tiny checkpoint to `directory` (must not exist or be empty); returns the path."""
+def save_tiny_checkpoint(directory: str | Path, seed: int = 0, corpus: list[str] = CORPUS,
+                         architecture: str = "tiny", vocab_size: int = 300) -> Path:
+    """Write a random checkpoint of a tiny `architecture` (configs/model/) with tokenizers of at most
+    `vocab_size` tokens trained on `corpus` to `directory` (must not exist or be empty); returns the path."""
     out = Path(directory)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} already exists and is not an empty folder")
-    tokenizer = llm_tokenizer(corpus)
-    config = load_config("tiny")
+    tokenizer = llm_tokenizer(corpus, vocab_size)
+    config = load_config(architecture)
     config.image_token_id, config.video_token_id = tokenizer.convert_tokens_to_ids(["<image>", "<video>"])
     text = config.text_config                      # as Qwen2-Instruct: a turn ends the answer, <|endoftext|> pads
     text.eos_token_id, text.pad_token_id = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
@@ -77,7 +79,7 @@ def save_tiny_checkpoint(directory: str | Path, seed: int = 0, corpus: list[str]
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.partial-") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        clip_tokenizer(config.prompt_config.max_position_embeddings, corpus).save_pretrained(Path(tmp) / PROMPT_TOKENIZER_DIR)
+        clip_tokenizer(config.prompt_config.max_position_embeddings, corpus, vocab_size).save_pretrained(Path(tmp) / PROMPT_TOKENIZER_DIR)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

@@ -4,8 +4,8 @@ The names of `synthetic` are loaded on first use, so `python -m ppllava.testbed.
 
 import importlib
 
-__all__ = ["ANSWERS", "COLOURS", "DIRECTIONS", "KINDS", "NUMBERS", "PALETTE", "SHAPES", "caption",
-           "frame_caption_pairs", "load_scenes", "make_scene", "questions", "render", "write_split",
+__all__ = ["ANSWERS", "COLOURS", "DIRECTIONS", "KINDS", "PALETTE", "PHRASES", "SHAPES", "caption", "corpus",
+           "frame_caption_pairs", "load_scenes", "make_scene", "phrase", "questions", "render", "write_split",
            "write_testbed"]
 
 

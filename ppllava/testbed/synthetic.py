@@ -12,14 +12,16 @@ recovered from the pixels (the tests do).
 Clips are folders of PNG frames (root/media/<split>/clip_00000/frame_00.png ...): decord fails on
 48 px wide H.264, and frame folders are read by every install (FrameFolderReader).
 
-Question kinds (the record's "kind"; "rare" is true when the answer depends on the rare shape):
-    moving_colour  What colour is the shape that moves left?      colour (direction with exactly one shape)
-    rare_shape     Which shape appears only briefly?              shape            (always rare)
-    rare_colour    What colour is the shape that appears only briefly?  colour     (always rare)
-    count          How many squares are there?                    number word      (rare if the rare shape is one)
-    direction      Which direction does the red circle move?      direction        (rare if it is the rare shape)
-Each clip gets `questions_per_clip` questions of distinct kinds drawn at random (kinds repeat, with
-other targets, only past five a clip), one llava record each.
+Question kinds (the record's "kind"; "rare" is true when the question is about the rare shape). Every
+question names its shape by colour, as a user points at something they see; which frames hold it is
+for the model to find, and that is what prompt-guided pooling is for:
+    when       When is the red shape there?        always, or start / middle / end of the clip for the
+                                                   rare shape (the third its span's middle falls in;
+                                                   it is the rare shape half the time)
+    direction  Which way does the red shape move?  left / right / up / down     (persistent shapes only)
+    present    Is there a red shape?               yes / no   (half yes, about the rare shape half of those)
+Each clip gets `questions_per_clip` distinct questions, the kinds in turn in a random order, one
+llava record each.
 
 Files written by write_split / write_testbed under root:
     media/<split>/clip_NNNNN/frame_NN.png
@@ -48,12 +50,13 @@ PALETTE = {
 COLOURS = tuple(PALETTE)
 SHAPES = ("square", "circle", "triangle")
 DIRECTIONS = ("left", "right", "up", "down")
-NUMBERS = ("zero", "one", "two", "three", "four", "five")
-KINDS = ("moving_colour", "rare_shape", "rare_colour", "count", "direction")
-ANSWERS = COLOURS + SHAPES + DIRECTIONS + NUMBERS          # the closed answer vocabulary
+PHASES = ("start", "middle", "end")
+KINDS = ("when", "direction", "present")
+DESCRIBE = "Describe the video."
+ANSWERS = PHASES + ("always",) + DIRECTIONS + ("yes", "no")              # the closed answer vocabulary
 STEP = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 SPEEDS = (1.0, 1.5, 2.0)
-MIN_SIZE, MAX_SIZE = 6, 10
+MIN_SIZE, MAX_SIZE = 8, 12
 DEFAULT_FRAMES, DEFAULT_SIZE, DEFAULT_QUESTIONS = 16, 48, 3
 SPLITS = ("train", "val", "test")
 
@@ -181,6 +184,44 @@ def render(scene: dict) -> np.ndarray:
     return video
 
 
+PHRASES = ("a {colour} {shape}", "the {colour} {shape}", "a {colour} shape", "the {colour} one")
+
+
+def phrase(shape: dict, rng) -> str:
+    """A short phrase naming one shape, e.g. "the red one" (the tower alignment's captions)."""
+    return PHRASES[int(rng.integers(len(PHRASES)))].format(**shape)
+
+
+def corpus() -> list[str]:
+    """Every sentence the test bed writes: the tiny tokenizers are trained on it, so words are whole tokens."""
+    out = [p.format(colour=c, shape=s) for p in PHRASES for c in COLOURS for s in SHAPES] + [DESCRIBE]
+    for colour in COLOURS:
+        out += [f"When is the {colour} shape there?", f"Which way does the {colour} shape move?",
+                f"Is there a {colour} shape?"]
+    return out + list(ANSWERS) + ["a red square, a blue circle and a green triangle", "nothing"]
+
+
+def masks(scene: dict) -> np.ndarray:
+    """bool (shapes, T, S, S): the pixels each shape covers in each frame (shapes never overlap)."""
+    out = np.zeros((len(scene["shapes"]), scene["frames"], scene["size"], scene["size"]), bool)
+    for k, shape in enumerate(scene["shapes"]):
+        footprint = _mask(shape["shape"], shape["size"])
+        for t in range(scene["frames"]):
+            if (at := position(shape, t)) is not None:
+                out[k, t, at[1]:at[1] + shape["size"], at[0]:at[0] + shape["size"]] = footprint
+    return out
+
+
+def description(scene: dict) -> str:
+    """Every shape of the clip in palette order, e.g. "a red square, a green circle and a blue triangle".
+
+    The answer to DESCRIBE, the captioning record each clip also gets: every word of it depends on
+    the video, which teaches the LLM to read its visual tokens (as LLaVA's caption pretraining does)."""
+    shapes = sorted(scene["shapes"], key=lambda s: COLOURS.index(s["colour"]))
+    names = [f"a {s['colour']} {s['shape']}" for s in shapes]
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
 def caption(scene: dict, frame_index: int) -> str:
     """What is visible in one frame, e.g. "a red square and a blue circle" (shapes in scene order)."""
     names = [f"a {s['colour']} {s['shape']}" for s in scene["shapes"] if position(s, frame_index) is not None]
@@ -190,44 +231,52 @@ def caption(scene: dict, frame_index: int) -> str:
 
 
 # -- questions --------------------------------------------------------------------------------------
-def _question(kind: str, scene: dict, rng) -> tuple[str, str, bool] | None:
-    """(question, answer, rare) of `kind` about `scene`, or None when the scene does not allow it."""
+def _target(scene: dict, rng) -> dict:
+    """The shape a question is about: the rare one half of the time, else a persistent one."""
+    persistent = [s for s in scene["shapes"] if not s["rare"]]
+    return rare_shape(scene) if rng.random() < 0.5 else persistent[int(rng.integers(len(persistent)))]
+
+
+def when(shape: dict, frames: int) -> str:
+    """"always" for a persistent shape; else the third of the clip the middle of its span falls in."""
+    first, last = shape["span"]
+    if first == 0 and last == frames - 1:
+        return "always"
+    return PHASES[min(2, int(3 * (first + last + 1) / 2 / frames))]
+
+
+def _question(kind: str, scene: dict, rng) -> tuple[str, str, bool]:
+    """(question, answer, rare) of `kind` about `scene`; every question names its shape by colour."""
     shapes = scene["shapes"]
-    if kind == "moving_colour":
-        moving = Counter(s["direction"] for s in shapes)
-        unique = [d for d in DIRECTIONS if moving[d] == 1]
-        if not unique:
-            return None
-        direction = unique[int(rng.integers(len(unique)))]
-        target = next(s for s in shapes if s["direction"] == direction)
-        return f"What colour is the shape that moves {direction}?", target["colour"], target["rare"]
-    if kind == "rare_shape":
-        return "Which shape appears only briefly?", rare_shape(scene)["shape"], True
-    if kind == "rare_colour":
-        return "What colour is the shape that appears only briefly?", rare_shape(scene)["colour"], True
-    if kind == "count":
-        shape = SHAPES[int(rng.integers(len(SHAPES)))]
-        n = sum(s["shape"] == shape for s in shapes)
-        return f"How many {shape}s are there?", NUMBERS[n], rare_shape(scene)["shape"] == shape
-    if kind == "direction":
-        target = shapes[int(rng.integers(len(shapes)))]
-        return (f"Which direction does the {target['colour']} {target['shape']} move?",
-                target["direction"], target["rare"])
+    if kind == "when":
+        target = _target(scene, rng)
+        return f"When is the {target['colour']} shape there?", when(target, scene["frames"]), target["rare"]
+    if kind == "direction":                            # the rare shape moves too little to tell
+        persistent = [s for s in shapes if not s["rare"]]
+        target = persistent[int(rng.integers(len(persistent)))]
+        return f"Which way does the {target['colour']} shape move?", target["direction"], False
+    if kind == "present":
+        absent = [c for c in COLOURS if all(s["colour"] != c for s in shapes)]
+        if rng.random() < 0.5:
+            target = _target(scene, rng)
+            return f"Is there a {target['colour']} shape?", "yes", target["rare"]
+        return f"Is there a {absent[int(rng.integers(len(absent)))]} shape?", "no", False
     raise ValueError(f"unknown question kind {kind!r}")
 
 
 def questions(scene: dict, rng, n: int = DEFAULT_QUESTIONS) -> list[dict]:
-    """`n` questions about `scene`: distinct kinds in random order, then repeats with other targets."""
+    """`n` distinct questions about `scene`: the kinds in turn, in a random order."""
     out, seen = [], set()
-    for _ in range(20):
-        for kind in rng.permutation(KINDS):
-            qa = _question(str(kind), scene, rng)
-            if qa is None or qa[0] in seen:
-                continue
-            seen.add(qa[0])
-            out.append({"kind": str(kind), "question": qa[0], "answer": qa[1], "rare": bool(qa[2])})
-            if len(out) == n:
-                return out
+    order = [str(k) for k in rng.permutation(KINDS)]
+    for attempt in range(20 * n):
+        kind = order[attempt % len(order)]
+        question, answer, rare = _question(kind, scene, rng)
+        if question in seen:
+            continue
+        seen.add(question)
+        out.append({"kind": kind, "question": question, "answer": answer, "rare": bool(rare)})
+        if len(out) == n:
+            break
     return out
 
 
@@ -250,8 +299,11 @@ def data_config(split: str, frames: int) -> dict:
 
 
 def write_split(root, split: str, n_clips: int, seed: int, frames: int = DEFAULT_FRAMES,
-                size: int = DEFAULT_SIZE, questions_per_clip: int = DEFAULT_QUESTIONS) -> list[dict]:
+                size: int = DEFAULT_SIZE, questions_per_clip: int = DEFAULT_QUESTIONS, describe: bool = True) -> list[dict]:
     """Write `n_clips` clips of `split` and its annotation, scenes and data config; returns the records.
+
+    Each clip gets `questions_per_clip` questions and, with `describe`, a DESCRIBE record (not a question:
+    scoring leaves it out).
 
     Clip i is drawn from (seed, split, i): the same seed gives the same bytes, other splits other clips."""
     root = Path(root)
@@ -267,6 +319,11 @@ def write_split(root, split: str, n_clips: int, seed: int, frames: int = DEFAULT
                 "conversations": [{"from": "human", "value": "<video>\n" + qa["question"]},
                                   {"from": "gpt", "value": qa["answer"]}],
                 "kind": qa["kind"], "rare": qa["rare"], "answer": qa["answer"], "clip": i})
+        if describe:
+            records.append({"id": f"{split}_{i:05d}_d", "video": clip_dir(split, i),
+                            "conversations": [{"from": "human", "value": "<video>\n" + DESCRIBE},
+                                              {"from": "gpt", "value": description(scene)}],
+                            "kind": "describe", "rare": False, "answer": description(scene), "clip": i})
     root.mkdir(parents=True, exist_ok=True)
     (root / f"{split}.json").write_text(json.dumps(records, indent=1) + "\n")
     (root / f"{split}_scenes.json").write_text(json.dumps(scenes) + "\n")
@@ -301,9 +358,9 @@ def frame_caption_pairs(root, split: str):
 
 def summary(records: list[dict]) -> str:
     kinds = Counter(r["kind"] for r in records)
-    rare = sum(r["rare"] for r in records)
-    return (f"{len(records)} questions, {len({r['clip'] for r in records})} clips, {rare} rare; "
-            + ", ".join(f"{k} {kinds[k]}" for k in KINDS))
+    asked = [r for r in records if r["kind"] in KINDS]
+    return (f"{len(asked)} questions and {kinds['describe']} descriptions of {len({r['clip'] for r in records})} "
+            f"clips, {sum(r['rare'] for r in asked)} about the rare shape; " + ", ".join(f"{k} {kinds[k]}" for k in KINDS))
 
 
 def main(argv=None) -> None:

@@ -1,4 +1,4 @@
-"""The main job until the model lands: both ops on paper-sized features, with a planted answer.
+"""`ppllava bench planted`: both ops on paper-sized features, with a planted answer.
 
 A 32-frame, 24x24-patch video of CLIP-sized embeddings is random except for one token in every
 pooling window of frame 20, which leans towards the prompt's text embedding and carries a planted
