@@ -15,7 +15,7 @@ from ppllava.model.context import encode_prompts
 from ppllava.model.tiny import save_tiny_checkpoint
 from ppllava.testbed import synthetic as syn
 from ppllava.testbed.align import AlignConfig, align, coverage
-from ppllava.testbed.build import ARCHITECTURE, VOCAB, build, tokenizer_corpus
+from ppllava.testbed.build import ARCHITECTURE, VOCAB, build, tokenizer_corpus, write_aligned
 from ppllava.testbed.score import first_word, summarize
 
 
@@ -25,7 +25,7 @@ def random_testbed_model(tmp_path_factory):
 
 
 def scenes(split, n, seed=0):
-    return [syn.make_scene(syn._rng(seed, syn.split_key(split), i)) for i in range(n)]
+    return [syn.make_scene(syn.clip_rng(seed, split, i)) for i in range(n)]
 
 
 def test_coverage_is_the_share_of_each_patch_a_shape_covers():
@@ -87,7 +87,7 @@ def test_demo_answers_fresh_clips_and_draws_the_relevance(random_testbed_model, 
     report = json.loads(capsys.readouterr().out)
     truth = []                                      # a second reading of the clips: the generator itself
     for i in range(3):
-        rng = syn._rng(11, syn.split_key("demo"), i)
+        rng = syn.clip_rng(11, "demo", i)
         scene = syn.make_scene(rng)
         truth += [(i, q["question"], q["answer"], q["rare"]) for q in syn.questions(scene, rng)]
     assert [(r["clip"], r["question"], r["answer"], r["rare"]) for r in report["rows"]] == truth
@@ -122,7 +122,9 @@ def test_build_runs_every_stage_and_resumes(tmp_path, monkeypatch):
     for name, value in aligned.named_parameters():                  # stage 2 trains the projector and the LLM only
         moved = not torch.equal(value, names[name])
         assert moved == name.startswith(("multi_modal_projector.", "language_model.")), name
-    stamp = (tmp_path / "work" / "aligned" / "model.safetensors").stat().st_mtime_ns
     with pytest.raises(ValueError, match="already exists"):
         build(tmp_path / "out", tmp_path / "work", 0, splits, AlignConfig(steps=2, clips_per_step=2), overrides)
+    stamp = (tmp_path / "work" / "aligned" / "model.safetensors").stat().st_mtime_ns
+    work = tmp_path / "work"                                        # a rerun keeps a finished stage as it is
+    assert write_aligned(work / "aligned", work / "init", work / "data", AlignConfig(steps=2)) == work / "aligned"
     assert (tmp_path / "work" / "aligned" / "model.safetensors").stat().st_mtime_ns == stamp

@@ -1,4 +1,4 @@
-"""`ppllava demo`: the main job (`make demo`): the shipped test bed checkpoint on fresh clips."""
+"""`ppllava demo`: a test bed checkpoint (python -m ppllava.testbed.build) on fresh synthetic clips."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ def add_parser(sub) -> None:
     from ppllava.testbed.demo import CHECKPOINT
 
     p = sub.add_parser(
-        "demo", help="the shipped tiny checkpoint answers questions about fresh synthetic clips",
-        description="Load the test bed checkpoint (trained by python -m ppllava.testbed.build) on the auto-detected "
+        "demo", help="a test bed checkpoint answers questions about fresh synthetic clips",
+        description="Load a test bed checkpoint (made by python -m ppllava.testbed.build) on the auto-detected "
                     "device, draw fresh clips of moving coloured shapes, answer questions about them with prompt-guided "
                     "and with average pooling at the same token budget, print the answers beside the truth, the visual "
                     "tokens before and after pooling and the seconds per video, and draw the relevance map of one "
@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ppllava.infer import Pipeline
     from ppllava.infer.explain import check_out
-    from ppllava.model.checkpoint import read_config
+    from ppllava.testbed import synthetic
     from ppllava.testbed.demo import format_demo, run_demo
 
     if args.clips < 1:
@@ -40,14 +40,12 @@ def run(args) -> int:
         raise FileNotFoundError(f"--model {args.model} is not a folder (build it: python -m ppllava.testbed.build --out "
                                 f"{args.model})")
     check_out(args.out)
-    read_config(args.model)
     options.quiet_loading()
-    from ppllava.testbed import synthetic
     pipeline = Pipeline.load(args.model, options.device(args), frames=synthetic.DEFAULT_FRAMES)
     seed = random.randrange(2 ** 31) if args.seed is None else args.seed
     report = run_demo(pipeline, args.clips, seed, args.out)
     if args.json:
-        print(json.dumps({k: v for k, v in report.items()}, default=str))
+        print(json.dumps(report))
     else:
         print(format_demo(report, str(pipeline.device)))
     return 0

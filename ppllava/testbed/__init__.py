@@ -4,9 +4,9 @@ The names of `synthetic` are loaded on first use, so `python -m ppllava.testbed.
 
 import importlib
 
-__all__ = ["ANSWERS", "COLOURS", "DIRECTIONS", "KINDS", "PALETTE", "PHRASES", "SHAPES", "caption", "corpus",
-           "frame_caption_pairs", "load_scenes", "make_scene", "phrase", "questions", "render", "write_split",
-           "write_testbed"]
+__all__ = ["ANSWERS", "COLOURS", "DIRECTIONS", "KINDS", "PALETTE", "PHRASES", "SHAPES", "caption", "clip_rng",
+           "corpus", "frame_caption_pairs", "load_scenes", "make_scene", "phrase", "questions", "render",
+           "write_split", "write_testbed"]
 
 
 def __getattr__(name):

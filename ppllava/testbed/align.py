@@ -95,7 +95,7 @@ class Aligner:
         return {"grounding": grounding, "contrast": contrast}
 
 
-def align(model, prompt_tokenizer, scenes: list[dict], config: AlignConfig = AlignConfig(), progress=None) -> list[dict]:
+def align(model, prompt_tokenizer, scenes: list[dict], config: AlignConfig = AlignConfig()) -> list[dict]:
     """Train the towers of `model` in place on `scenes`; returns the per-step losses."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -120,8 +120,6 @@ def align(model, prompt_tokenizer, scenes: list[dict], config: AlignConfig = Ali
         optimizer.step()
         schedule.step()
         history.append({k: v.item() for k, v in losses.items()})
-        if progress is not None:
-            progress(step, history[-1])
         if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
             log.info("align step %d/%d: %s (%.0f s)", step + 1, config.steps,
                      ", ".join(f"{k} {v:.3f}" for k, v in history[-1].items()), time.perf_counter() - start)

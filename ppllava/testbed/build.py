@@ -74,7 +74,7 @@ def run(command: list[str]) -> None:
 
 
 def build(out: Path, work: Path, seed: int = 0, splits: dict = SPLITS, align_config: AlignConfig | None = None,
-          overrides: list[str] = (), score_modes=("prompt", "average", "none")) -> dict:
+          overrides: list[str] = ()) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"--out {out} already exists and is not empty; choose a new folder or remove it")
@@ -96,10 +96,10 @@ def build(out: Path, work: Path, seed: int = 0, splits: dict = SPLITS, align_con
     run([python, "-m", "ppllava", "export", "--checkpoint", str(work / "run"), "--out", str(out)])
     start = time.perf_counter()
     from ppllava.infer import Pipeline
-    from .score import score
+    from .score import MODES, score
 
     pipeline = Pipeline.load(out, device="cpu", frames=synthetic.DEFAULT_FRAMES)
-    results = score(pipeline, data, "test", score_modes)
+    results = score(pipeline, data, "test", MODES)
     times["score"] = time.perf_counter() - start
     summary = {"seed": seed, "splits": splits, "seconds": times,
                "test": {mode: {k: v for k, v in r.items() if k != "rows"} for mode, r in results.items()}}

@@ -1,4 +1,4 @@
-"""`ppllava demo`: the shipped test bed checkpoint answers questions about clips it has never seen.
+"""`ppllava demo`: a test bed checkpoint answers questions about clips it has never seen.
 
 Fresh clips are drawn from a seed (printed; pass it back to see the same clips), rendered in memory
 and read by the vision tower once each; every question is answered with prompt-guided pooling and,
@@ -18,9 +18,9 @@ from ppllava.infer.explain import render as render_relevance
 from ppllava.infer.explain import save_png
 
 from . import synthetic
-from .score import first_word, summarize
+from .score import answer_in_modes, summarize
 
-CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "testbed"
+CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "testbed"   # where the build's output is to ship
 SPLIT = "demo"                           # its own stream of clips: never the train / val / test ones
 
 
@@ -29,28 +29,20 @@ def run_demo(pipeline, clips: int = 20, seed: int = 0, out: str | Path | None = 
     """Answer `synthetic.DEFAULT_QUESTIONS` questions about each of `clips` fresh clips; returns the rows,
     per-mode summaries, token counts and timings (and writes the relevance picture to `out`)."""
     config = pipeline.model.config
-    saved, rows, seconds, picture = config.pooling_mode, [], [], None
-    try:
-        for i in range(clips):
-            rng = synthetic._rng(seed, synthetic.split_key(SPLIT), i)
-            scene = synthetic.make_scene(rng)
-            start = time.perf_counter()
-            visual = pipeline.from_frames(torch.from_numpy(synthetic.render(scene)), True, f"clip {i}")
-            for qa in synthetic.questions(scene, rng):
-                row = {"clip": i, **qa}
-                for mode in modes:
-                    config.pooling_mode = mode
-                    answer = pipeline.ask(visual, qa["question"], max_new_tokens=4)
-                    row[mode] = answer.text
-                    row[f"{mode}_correct"] = first_word(answer.text) == qa["answer"]
-                    row[f"{mode}_tokens"] = answer.visual_tokens
-                rows.append(row)
-                if out is not None and picture is None and qa["rare"] and "prompt" in modes:
-                    config.pooling_mode = "prompt"
-                    picture = _picture(pipeline, visual, qa, out)
-            seconds.append(time.perf_counter() - start)
-    finally:
-        config.pooling_mode = saved
+    rows, seconds, picture = [], [], None
+    for i in range(clips):
+        rng = synthetic.clip_rng(seed, SPLIT, i)
+        scene = synthetic.make_scene(rng)
+        start = time.perf_counter()
+        visual = pipeline.from_frames(torch.from_numpy(synthetic.render(scene)), True, f"clip {i}")
+        for qa in synthetic.questions(scene, rng):
+            row = {"clip": i, **qa}
+            for mode, a in answer_in_modes(pipeline, visual, qa["question"], qa["answer"], modes).items():
+                row.update({mode: a["said"], f"{mode}_correct": a["correct"], f"{mode}_tokens": a["visual_tokens"]})
+            rows.append(row)
+            if out is not None and picture is None and qa["rare"]:
+                picture = _picture(pipeline, visual, qa, out)
+        seconds.append(time.perf_counter() - start)
     frames = synthetic.DEFAULT_FRAMES
     return {"seed": seed, "clips": clips, "rows": rows, "picture": picture,
             "patches": frames * config.patch_grid ** 2,
@@ -60,7 +52,12 @@ def run_demo(pipeline, clips: int = 20, seed: int = 0, out: str | Path | None = 
 
 
 def _picture(pipeline, visual, qa: dict, out) -> str:
-    relevance = pipeline.relevance(visual, qa["question"])
+    config = pipeline.model.config
+    saved, config.pooling_mode = config.pooling_mode, "prompt"        # the map prompt-guided pooling uses
+    try:
+        relevance = pipeline.relevance(visual, qa["question"])
+    finally:
+        config.pooling_mode = saved
     title = f"\u201c{qa['question']}\u201d  truth: {qa['answer']}"
     save_png(render_relevance(visual.frames, relevance, visual.indices, title, crop=pipeline.preprocess.crop), out)
     return str(out)

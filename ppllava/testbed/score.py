@@ -19,7 +19,7 @@ from tqdm import tqdm
 from . import synthetic
 
 MODES = ("prompt", "average", "none")
-CHANCE = {"when": 1 / 4, "direction": 1 / len(synthetic.DIRECTIONS), "present": 1 / 2}
+CHANCE = {"when": 1 / (len(synthetic.PHASES) + 1), "direction": 1 / len(synthetic.DIRECTIONS), "present": 1 / 2}
 
 
 def first_word(text: str) -> str:
@@ -45,6 +45,23 @@ def summarize(rows: list[dict]) -> dict:
             "per_kind": {k: acc(kinds[k]) for k in synthetic.KINDS if k in kinds}}
 
 
+def answer_in_modes(pipeline, visual, question: str, truth: str, modes) -> dict:
+    """{mode: {"said", "correct", "visual_tokens", "seconds"}}: `question` about `visual` (patches read
+    once) answered with each pooling mode in turn; the model's own mode is restored after."""
+    config = pipeline.model.config
+    saved, out = config.pooling_mode, {}
+    try:
+        for mode in modes:
+            config.pooling_mode = mode
+            start = time.perf_counter()
+            answer = pipeline.ask(visual, question, max_new_tokens=4)
+            out[mode] = {"said": answer.text, "correct": first_word(answer.text) == truth,
+                         "visual_tokens": answer.visual_tokens, "seconds": time.perf_counter() - start}
+    finally:
+        config.pooling_mode = saved
+    return out
+
+
 def score(pipeline, root: str | Path, split: str = "test", modes=MODES, limit: int | None = None,
           progress: bool = True) -> dict:
     """{mode: summary} for the checkpoint in `pipeline` on `split` of the test bed at `root`."""
@@ -55,23 +72,13 @@ def score(pipeline, root: str | Path, split: str = "test", modes=MODES, limit: i
         by_clip[r["clip"]].append(r)
     clips = sorted(by_clip)[:limit]
     rows = {mode: [] for mode in modes}
-    seconds = {mode: 0.0 for mode in modes}
-    saved = pipeline.model.config.pooling_mode
-    try:
-        for clip in tqdm(clips, desc=f"scoring {split}", unit="clip", disable=not progress):
-            visual = pipeline.read(root / "media" / synthetic.clip_dir(split, clip), frames=pipeline.frames)
-            for mode in modes:
-                pipeline.model.config.pooling_mode = mode
-                for r in by_clip[clip]:
-                    question = r["conversations"][0]["value"].removeprefix("<video>\n")
-                    start = time.perf_counter()
-                    answer = pipeline.ask(visual, question, max_new_tokens=4)
-                    seconds[mode] += time.perf_counter() - start
-                    rows[mode].append({"id": r["id"], "kind": r["kind"], "rare": r["rare"], "answer": r["answer"],
-                                       "said": answer.text, "visual_tokens": answer.visual_tokens,
-                                       "correct": first_word(answer.text) == r["answer"]})
-    finally:
-        pipeline.model.config.pooling_mode = saved
+    for clip in tqdm(clips, desc=f"scoring {split}", unit="clip", disable=not progress):
+        visual = pipeline.read(root / "media" / synthetic.clip_dir(split, clip), frames=pipeline.frames)
+        for r in by_clip[clip]:
+            question = r["conversations"][0]["value"].removeprefix("<video>\n")
+            for mode, a in answer_in_modes(pipeline, visual, question, r["answer"], modes).items():
+                rows[mode].append({"id": r["id"], "kind": r["kind"], "rare": r["rare"], "answer": r["answer"], **a})
     return {mode: {**summarize(rows[mode]), "visual_tokens": rows[mode][0]["visual_tokens"] if rows[mode] else None,
-                   "seconds_per_question": seconds[mode] / max(1, len(rows[mode])), "rows": rows[mode]}
+                   "seconds_per_question": sum(r["seconds"] for r in rows[mode]) / max(1, len(rows[mode])),
+                   "rows": rows[mode]}
             for mode in modes}

@@ -70,6 +70,11 @@ def split_key(split: str) -> int:
     return zlib.crc32(split.encode())
 
 
+def clip_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The generator of clip `index` of `split`: its scene, then its questions, are drawn from it."""
+    return _rng(seed, split_key(split), index)
+
+
 def position(shape: dict, t: int) -> tuple[int, int] | None:
     """Top-left (x, y) of `shape`'s box in frame t, or None when it is not in that frame."""
     first, last = shape["span"]
@@ -217,14 +222,17 @@ def description(scene: dict) -> str:
 
     The answer to DESCRIBE, the captioning record each clip also gets: every word of it depends on
     the video, which teaches the LLM to read its visual tokens (as LLaVA's caption pretraining does)."""
-    shapes = sorted(scene["shapes"], key=lambda s: COLOURS.index(s["colour"]))
-    names = [f"a {s['colour']} {s['shape']}" for s in shapes]
-    return ", ".join(names[:-1]) + " and " + names[-1]
+    return _listing(sorted(scene["shapes"], key=lambda s: COLOURS.index(s["colour"])))
 
 
 def caption(scene: dict, frame_index: int) -> str:
     """What is visible in one frame, e.g. "a red square and a blue circle" (shapes in scene order)."""
-    names = [f"a {s['colour']} {s['shape']}" for s in scene["shapes"] if position(s, frame_index) is not None]
+    return _listing([s for s in scene["shapes"] if position(s, frame_index) is not None])
+
+
+def _listing(shapes: list[dict]) -> str:
+    """ "a red square, a blue circle and a green triangle" ("nothing" for no shapes)."""
+    names = [f"a {s['colour']} {s['shape']}" for s in shapes]
     if not names:
         return "nothing"
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
@@ -299,31 +307,28 @@ def data_config(split: str, frames: int) -> dict:
 
 
 def write_split(root, split: str, n_clips: int, seed: int, frames: int = DEFAULT_FRAMES,
-                size: int = DEFAULT_SIZE, questions_per_clip: int = DEFAULT_QUESTIONS, describe: bool = True) -> list[dict]:
+                size: int = DEFAULT_SIZE, questions_per_clip: int = DEFAULT_QUESTIONS) -> list[dict]:
     """Write `n_clips` clips of `split` and its annotation, scenes and data config; returns the records.
 
-    Each clip gets `questions_per_clip` questions and, with `describe`, a DESCRIBE record (not a question:
-    scoring leaves it out).
+    Each clip gets `questions_per_clip` questions and a DESCRIBE record (not a question: scoring leaves
+    it out).
 
     Clip i is drawn from (seed, split, i): the same seed gives the same bytes, other splits other clips."""
     root = Path(root)
     records, scenes = [], []
     for i in range(n_clips):
-        rng = _rng(seed, split_key(split), i)
+        rng = clip_rng(seed, split, i)
         scene = make_scene(rng, frames, size)
         write_clip(root / "media" / clip_dir(split, i), render(scene))
         scenes.append(scene)
-        for q, qa in enumerate(questions(scene, rng, questions_per_clip)):
+        asked = questions(scene, rng, questions_per_clip)
+        asked.append({"kind": "describe", "question": DESCRIBE, "answer": description(scene), "rare": False})
+        for q, qa in enumerate(asked):
             records.append({
-                "id": f"{split}_{i:05d}_{q}", "video": clip_dir(split, i),
+                "id": f"{split}_{i:05d}_" + ("d" if qa["kind"] == "describe" else str(q)), "video": clip_dir(split, i),
                 "conversations": [{"from": "human", "value": "<video>\n" + qa["question"]},
                                   {"from": "gpt", "value": qa["answer"]}],
                 "kind": qa["kind"], "rare": qa["rare"], "answer": qa["answer"], "clip": i})
-        if describe:
-            records.append({"id": f"{split}_{i:05d}_d", "video": clip_dir(split, i),
-                            "conversations": [{"from": "human", "value": "<video>\n" + DESCRIBE},
-                                              {"from": "gpt", "value": description(scene)}],
-                            "kind": "describe", "rare": False, "answer": description(scene), "clip": i})
     root.mkdir(parents=True, exist_ok=True)
     (root / f"{split}.json").write_text(json.dumps(records, indent=1) + "\n")
     (root / f"{split}_scenes.json").write_text(json.dumps(scenes) + "\n")
