@@ -36,6 +36,12 @@ _NUMERICS_SWITCHES = {
         "conv.allow_hf32": "npu.conv.allow_hf32",
     },
 }
+# Switches set explicitly when a device type is first resolved in a process, because the vendor's defaults
+# differ from switch to switch (torch_npu: conv.allow_hf32 True, matmul.allow_hf32 False): float32 stays
+# float32, so results compare with a golden file from the CPU or an A100. Code may change them afterwards;
+# `ppllava env` and parity golden files record what is in force.
+_NUMERICS_POLICY = {"npu": {"matmul.allow_hf32": False, "conv.allow_hf32": False}}
+_policy_applied: set[str] = set()
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -82,11 +88,27 @@ def _load_extension(device_type: str) -> None:
         ) from None
 
 
+def _apply_numerics_policy(device_type: str) -> None:
+    """Set this device type's numerics switches to _NUMERICS_POLICY, once per process."""
+    if device_type in _policy_applied or device_type not in _NUMERICS_POLICY:
+        return
+    for label, value in _NUMERICS_POLICY[device_type].items():
+        owner, _, attr = _NUMERICS_SWITCHES[device_type][label].rpartition(".")
+        target = _read_switch(owner)
+        if target is not None and hasattr(target, attr):
+            setattr(target, attr, value)
+    _policy_applied.add(device_type)
+
+
 def resolve_device(name: str | torch.device | None = None) -> torch.device:
-    """'auto'/None -> the current accelerator or cpu; 'cuda', 'npu:1', ... checked to be usable."""
+    """'auto'/None -> the current accelerator or cpu; 'cuda', 'npu:1', ... checked to be usable.
+
+    The first time a device type is resolved, its numerics switches are set to _NUMERICS_POLICY."""
     if name is None or str(name) == "auto":
-        return torch.device(current_device_type())
-    _load_extension(str(name).partition(":")[0])  # torch parses 'npu' only once torch_npu is imported
+        name = current_device_type()
+    device_type = str(name).partition(":")[0]
+    _load_extension(device_type)  # torch parses 'npu' only once torch_npu is imported
+    _apply_numerics_policy(device_type)
     try:
         device = torch.device(name)
     except RuntimeError:

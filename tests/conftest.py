@@ -8,6 +8,11 @@ from backends.dispatch import ENV_VAR
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# Without a GPU the Triton kernels (the cuda implementations) run in Triton's interpreter, on CPU tensors. This
+# must be set before triton is first imported: triton builds its own @jit helpers (tl.max, ...) then.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.fixture(autouse=True)
 def _default_ops(monkeypatch):

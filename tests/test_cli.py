@@ -21,7 +21,7 @@ def test_env_json_lists_device_and_ops(capsys):
 
 
 def test_bench_ops_json(capsys):
-    assert main([*TINY_BENCH, "--json"]) == 0
+    assert main([*TINY_BENCH, "--batch", "2", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     pool = report["ops"]["prompt_guided_pool"]
     assert set(pool) == {"D=8", "D=32"}
@@ -30,6 +30,11 @@ def test_bench_ops_json(capsys):
     ratio = report["ratios"]["prompt_guided_pool D=32"]
     assert ratio["unfold_over_impl_fwd"] == pytest.approx(pool["D=32"]["unfold"]["fwd_ms"] / pool["D=32"]["cpu"]["fwd_ms"])
     assert set(report["ops"]["relevance_map"]["C=16"]) == {"native", "cpu"}
+    assert ratio["native_over_impl_fwd"] == pytest.approx(pool["D=32"]["native"]["fwd_ms"] / pool["D=32"]["cpu"]["fwd_ms"])
+    # bandwidth: x (B=2, 4x6x6, all inside windows) read once plus the (2, 2, 2, 2) output written, float32
+    moved = (2 * 4 * 6 * 6 + 2 * 2 * 2 * 2) * 32 * 4
+    assert report["shape"]["B"] == 2 and ratio["impl_fwd_GBps"] == pytest.approx(moved / pool["D=32"]["cpu"]["fwd_ms"] / 1e6)
+    assert report["peak_memory_GBps"] is None and ratio["impl_fwd_fraction_of_peak"] is None  # the CPU reports none
 
 
 def test_planted_small(capsys):

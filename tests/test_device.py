@@ -51,3 +51,23 @@ def test_importing_the_project_never_imports_torch_npu():
     env = dict(os.environ, TORCH_DEVICE_BACKEND_AUTOLOAD="0")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_first_npu_resolution_sets_the_hf32_switches_explicitly_and_records_them(monkeypatch):
+    from types import SimpleNamespace
+
+    from backends import device
+
+    # torch_npu's defaults, on the namespace it adds as torch.npu (conv HF32 on, matmul HF32 off)
+    npu = SimpleNamespace(matmul=SimpleNamespace(allow_hf32=False), conv=SimpleNamespace(allow_hf32=True),
+                          is_available=lambda: False)
+    monkeypatch.setattr(torch, "npu", npu, raising=False)
+    monkeypatch.setattr(device, "_policy_applied", set())
+    with pytest.raises(DeviceUnavailable):
+        resolve_device("npu")  # this torch cannot parse 'npu'; the switches are set before that
+    assert device.numerics_switches("npu") == {"float32_matmul_precision": torch.get_float32_matmul_precision(),
+                                               "matmul.allow_hf32": False, "conv.allow_hf32": False}
+    npu.matmul.allow_hf32 = True  # code may choose HF32 afterwards: kept, and recorded as it is
+    with pytest.raises(DeviceUnavailable):
+        resolve_device("npu:0")
+    assert device.numerics_switches("npu")["matmul.allow_hf32"] is True

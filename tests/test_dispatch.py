@@ -68,7 +68,7 @@ def test_config_and_environment_force_implementations(monkeypatch):
 
 @pytest.mark.parametrize("spec,match", [
     ("nope", "unknown implementation 'nope'"),
-    ("prompt_guided_pool=cuda", r"unknown implementation 'cuda' for prompt_guided_pool; expected one of auto, native, cpu"),
+    ("prompt_guided_pool=tpu", r"unknown implementation 'tpu' for prompt_guided_pool; expected one of auto, native, cpu"),
     ("pooling=native", "unknown op 'pooling'"),
 ])
 def test_bad_specs_are_rejected(spec, match):

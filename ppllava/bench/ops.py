@@ -4,6 +4,8 @@ Pooling is timed beside three references on the same (B, T, H, W, D) channels-la
   unfold      the original code's formulation (copies every window, then a weighted sum)
   avg_pool3d  torch.nn.functional.avg_pool3d, the cost of plain pooling
   read_x      x.sum(), one read of x: the floor that memory bandwidth sets (forward only)
+Forward rows also give the bytes each op must move (x read once, output written) per second, and the
+ratios give that as a fraction of the device's peak bandwidth where the device reports it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import backends
 from backends.device import device_facts, dtype_name
 from backends.ops import pooling
 
+from .bandwidth import GBps, peak_memory_GBps, pool_bytes, relevance_bytes
 from .timing import time_ms
 
 
@@ -25,8 +28,13 @@ def pool_unfold(x, relevance, kernel, temperature=0.01):
 
 
 def _impls(op_name: str, device: torch.device) -> list[str]:
+    """native, then the device's own implementation where it is registered and loads here."""
     op = backends.get_op(op_name)
-    return ["native"] + ([device.type] if device.type in op.loaders else [])
+    try:
+        op.load(device.type)
+    except backends.ImplementationUnavailable:
+        return ["native"]
+    return ["native", device.type]
 
 
 def _fwd_bwd(fn, tensors, device, repeats):
@@ -52,25 +60,31 @@ def _reference(fn, tensors, device, repeats):
         return {"unsupported": str(e).splitlines()[0]}
 
 
+def _with_bandwidth(row: dict, nbytes: int) -> dict:
+    return {**row, "fwd_GBps": GBps(nbytes, row["fwd_ms"])} if "fwd_ms" in row else row
+
+
 def bench_ops(device: torch.device, dtype: torch.dtype, frames=32, size=24, relevance_dim=1024,
-              pool_dims=(1024, 4096), kernel=(2, 3, 3), repeats=5, progress=None) -> dict:
+              pool_dims=(1024, 4096), kernel=(2, 3, 3), repeats=5, batch=1, progress=None) -> dict:
     gen = torch.Generator().manual_seed(0)
-    shape = (1, frames, size, size)
+    shape = (batch, frames, size, size)
+    peak = peak_memory_GBps(device)
     report = {
         "device": str(device), "device_name": device_facts(device).name, "dtype": dtype_name(dtype),
-        "torch": str(torch.__version__), "threads": torch.get_num_threads(),
-        "shape": {"B": 1, "T": frames, "H": size, "W": size, "kernel": list(kernel)},
+        "torch": str(torch.__version__), "threads": torch.get_num_threads(), "peak_memory_GBps": peak,
+        "shape": {"B": batch, "T": frames, "H": size, "W": size, "kernel": list(kernel)},
         "ops": {"relevance_map": {}, "prompt_guided_pool": {}}, "ratios": {},
     }
     step = progress or (lambda label: None)
 
     video = torch.randn(*shape, relevance_dim, generator=gen).to(device, dtype)
-    text = torch.randn(1, relevance_dim, generator=gen).to(device, dtype)
+    text = torch.randn(batch, relevance_dim, generator=gen).to(device, dtype)
     relevance_rows = report["ops"]["relevance_map"][f"C={relevance_dim}"] = {}
     for impl in _impls("relevance_map", device):
         step(f"relevance_map C={relevance_dim} [{impl}]")
         fn = backends.get_op("relevance_map").load(impl)
-        relevance_rows[impl] = _fwd_bwd(lambda v, t: fn(v, t, 100.0, None), (video, text), device, repeats)
+        relevance_rows[impl] = _with_bandwidth(
+            _fwd_bwd(lambda v, t: fn(v, t, 100.0, None), (video, text), device, repeats), relevance_bytes(video))
     relevance = backends.relevance_map(video, text, 100.0).float()
 
     for dim in pool_dims:
@@ -79,13 +93,16 @@ def bench_ops(device: torch.device, dtype: torch.dtype, frames=32, size=24, rele
         for impl in _impls("prompt_guided_pool", device):
             step(f"prompt_guided_pool D={dim} [{impl}]")
             fn = backends.get_op("prompt_guided_pool").load(impl)
-            rows[impl] = _fwd_bwd(lambda x, s: fn(x, s, kernel, kernel, 0.01), (x, relevance), device, repeats)
+            rows[impl] = _with_bandwidth(
+                _fwd_bwd(lambda x, s: fn(x, s, kernel, kernel, 0.01), (x, relevance), device, repeats),
+                pool_bytes(x, kernel, kernel))
         step(f"prompt_guided_pool D={dim} [references]")
         rows["unfold"] = _fwd_bwd(lambda x, s: pool_unfold(x, s, kernel), (x, relevance), device, repeats)
         rows["avg_pool3d"] = _reference(
             lambda x: torch.nn.functional.avg_pool3d(x.permute(0, 4, 1, 2, 3), kernel), (x,), device, repeats)
         with torch.no_grad():
             rows["read_x"] = {"fwd_ms": time_ms(lambda: x.sum(), device, repeats)}
+        rows["read_x"] = _with_bandwidth(rows["read_x"], x.numel() * x.element_size())
         impl = _impls("prompt_guided_pool", device)[-1]
         best = rows[impl]
         report["ratios"][f"prompt_guided_pool D={dim}"] = {
@@ -94,6 +111,10 @@ def bench_ops(device: torch.device, dtype: torch.dtype, frames=32, size=24, rele
             "unfold_over_impl_fwd_bwd": rows["unfold"]["fwd_bwd_ms"] / best["fwd_bwd_ms"],
             "avg_pool3d_over_impl_fwd": rows["avg_pool3d"]["fwd_ms"] / best["fwd_ms"] if "fwd_ms" in rows["avg_pool3d"] else None,
             "impl_over_read_x_fwd": best["fwd_ms"] / rows["read_x"]["fwd_ms"],
+            "native_over_impl_fwd": rows["native"]["fwd_ms"] / best["fwd_ms"],
+            "native_over_impl_fwd_bwd": rows["native"]["fwd_bwd_ms"] / best["fwd_bwd_ms"],
+            "impl_fwd_GBps": best["fwd_GBps"],
+            "impl_fwd_fraction_of_peak": best["fwd_GBps"] / peak if peak else None,
         }
         del x
     return report
@@ -101,21 +122,26 @@ def bench_ops(device: torch.device, dtype: torch.dtype, frames=32, size=24, rele
 
 def format_report(report: dict) -> str:
     lines = [f"device {report['device']} ({report['device_name']}), {report['dtype']}, torch {report['torch']}, "
-             f"{report['threads']} threads; B=1 T={report['shape']['T']} H=W={report['shape']['H']}, "
-             f"kernel {tuple(report['shape']['kernel'])}",
-             f"{'op':<20} {'size':<7} {'implementation':<15} {'fwd ms':>9} {'fwd+bwd ms':>11}"]
+             f"{report['threads']} threads; B={report['shape']['B']} T={report['shape']['T']} "
+             f"H=W={report['shape']['H']}, kernel {tuple(report['shape']['kernel'])}; peak memory bandwidth "
+             + (f"{report['peak_memory_GBps']:.0f} GB/s" if report["peak_memory_GBps"] else "not reported"),
+             f"{'op':<20} {'size':<7} {'implementation':<15} {'fwd ms':>9} {'fwd+bwd ms':>11} {'fwd GB/s':>9}"]
     for op, sizes in report["ops"].items():
         for size, rows in sizes.items():
             for impl, t in rows.items():
                 if "unsupported" in t:
                     lines.append(f"{op:<20} {size:<7} {impl:<15} unsupported here: {t['unsupported'][:60]}")
                     continue
-                fb = f"{t['fwd_bwd_ms']:11.1f}" if "fwd_bwd_ms" in t else f"{'-':>11}"
-                lines.append(f"{op:<20} {size:<7} {impl:<15} {t['fwd_ms']:9.1f} {fb}")
+                fb = f"{t['fwd_bwd_ms']:11.3f}" if "fwd_bwd_ms" in t else f"{'-':>11}"
+                bw = f"{t['fwd_GBps']:9.1f}" if "fwd_GBps" in t else f"{'-':>9}"
+                lines.append(f"{op:<20} {size:<7} {impl:<15} {t['fwd_ms']:9.3f} {fb} {bw}")
     for label, r in report["ratios"].items():
         avg = r["avg_pool3d_over_impl_fwd"]
         lines.append(f"{label} [{r['implementation']}]: {r['unfold_over_impl_fwd']:.1f}x faster than unfold fwd, "
                      f"{r['unfold_over_impl_fwd_bwd']:.1f}x fwd+bwd; "
                      + (f"avg_pool3d takes {avg:.1f}x as long; " if avg else "")
-                     + f"{r['impl_over_read_x_fwd']:.2f}x the time of one read of x")
+                     + f"{r['impl_over_read_x_fwd']:.2f}x the time of one read of x; "
+                     f"{r['native_over_impl_fwd']:.1f}x faster than native fwd, {r['native_over_impl_fwd_bwd']:.1f}x fwd+bwd; "
+                     f"fwd moves {r['impl_fwd_GBps']:.1f} GB/s"
+                     + (f" = {r['impl_fwd_fraction_of_peak']:.0%} of peak" if r["impl_fwd_fraction_of_peak"] else ""))
     return "\n".join(lines)

@@ -19,14 +19,17 @@ def add_parser(sub) -> None:
     ops = kinds.add_parser(
         "ops", help="forward and forward+backward time of both ops at the paper's shape",
         description="Time relevance_map and prompt_guided_pool (each implementation available on the device) at "
-                    "the paper's shape, B=1, 32 frames of 24x24 patches, beside the original's unfold "
-                    "formulation, avg_pool3d and one read of x (x.sum()). Median of --repeats runs after a warm-up.")
+                    "the paper's shape, 32 frames of 24x24 patches (B=1 unless --batch), beside the original's unfold "
+                    "formulation, avg_pool3d and one read of x (x.sum()). Median of --repeats runs after a warm-up. "
+                    "Forward rows also give GB/s: the bytes the op must move (x read once, output written) per "
+                    "second; the ratios give that as a fraction of the device's peak where it reports one.")
     options.add_device(ops)
     options.add_dtype(ops)
     options.add_geometry(ops)
     ops.add_argument("--relevance-dim", type=int, default=1024, help="embedding width C for relevance_map (default 1024)")
     ops.add_argument("--pool-dims", default="1024,4096", help="feature widths D for prompt_guided_pool (default 1024,4096)")
     ops.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (default 5)")
+    ops.add_argument("--batch", type=int, default=1, help="batch size B (default 1)")
     ops.add_argument("--json", action="store_true", help="print one JSON object with the timings and ratios")
     ops.set_defaults(run=run_ops)
 
@@ -137,13 +140,13 @@ def run_data(args) -> int:
 
 def run_ops(args) -> int:
     options.check_geometry(args)
-    for name in ("relevance_dim", "repeats"):
+    for name in ("relevance_dim", "repeats", "batch"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')}: must be positive, got {getattr(args, name)}")
     progress = None if args.json else (lambda label: print(f"  timing {label} ...", file=sys.stderr, flush=True))
     report = bench_ops(options.device(args), options.dtype(args), frames=args.frames, size=args.size,
                        relevance_dim=args.relevance_dim, pool_dims=_positive_ints(args.pool_dims, "pool-dims"),
-                       repeats=args.repeats, progress=progress)
+                       repeats=args.repeats, batch=args.batch, progress=progress)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 

@@ -13,7 +13,7 @@ from backends.device import device_facts, dtype_name
 
 from . import options
 
-LIBRARIES = ("torch", "transformers", "triton", "torch_npu", "deepspeed", "decord", "av", "open_clip_torch")
+LIBRARIES = ("torch", "transformers", "triton", "torch_npu", "mindspeed", "deepspeed", "decord", "av", "open_clip_torch")
 
 
 def add_parser(sub) -> None:

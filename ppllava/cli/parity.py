@@ -45,8 +45,8 @@ def run_record(args) -> int:
 
 
 def run_check(args) -> int:
-    golden = harness.load_golden(args.golden)
     device = options.device(args)
+    golden = harness.load_golden(args.golden)
     rows = harness.check(golden, device, _dtypes(args), harness.select_cases(args.case))
     failed = [r for r in rows if not r.comparison.ok]
     if args.json:

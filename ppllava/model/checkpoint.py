@@ -86,6 +86,7 @@ def load_tokenizers(directory: str | Path):
 def save_weights(config: PPLLaVAConfig, state: dict[str, torch.Tensor], directory: str | Path,
                  dtype: torch.dtype, what: str = "weights") -> None:
     """Write config.json and the safetensors weights of `state` (checked against the config) to `directory`."""
+    config.npu_fused_kernels = None  # the machine that loads the folder chooses its kernels
     tied = {TIED_HEAD} if config.text_config.tie_word_embeddings else set()
     check_shapes(config, {k: tuple(v.shape) for k, v in state.items()}, what, tied)
     # own storage per tensor (DeepSpeed's consolidated weights can be views of one flat buffer, which

@@ -12,6 +12,7 @@ from typing import Literal
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from backends.llm_kernels import KERNELS as FUSED_KERNELS
 from backends.ops.pooling import output_size
 
 from .towers import family_of_vision
@@ -59,6 +60,9 @@ class PPLLaVAConfig(PreTrainedConfig):
     train_prompt_tower: bool = True
     train_projector: bool = True
     train_llm: bool = True
+    # torch_npu's fused kernels in the LLM: any of "rms_norm", "rotary", "attention" (needs torch_npu; each has a
+    # native twin). Off until measured on a 910B; a choice of the machine that runs the model, so exports drop it
+    npu_fused_kernels: list[str] | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -124,6 +128,9 @@ class PPLLaVAConfig(PreTrainedConfig):
         for name in ("pooling_temperature", "relevance_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        unknown = sorted(set(self.npu_fused_kernels or ()) - set(FUSED_KERNELS))
+        if unknown:
+            raise ValueError(f"npu_fused_kernels: unknown {unknown}; expected any of {', '.join(FUSED_KERNELS)}")
         vocab = self.text_config.vocab_size
         for name in ("image_token_id", "video_token_id"):
             value = getattr(self, name)

@@ -20,6 +20,7 @@ from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers.activations import ACT2FN
 
 from .config import PPLLaVAConfig
+from .llm_kernels import use_llm_kernels
 from .pooling import PromptGuidedPooling
 
 # parameter groups (by module prefix) and the config switch that makes each one train
@@ -64,6 +65,7 @@ class PPLLaVAForConditionalGeneration(PPLLaVAPreTrainedModel):
         self.prompt_pooling = PromptGuidedPooling(config)
         self.multi_modal_projector = MultiModalProjector(config)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        use_llm_kernels(self.language_model, config.npu_fused_kernels, impl="npu")
         self.post_init()
 
     # -- embeddings (so resize_token_embeddings and friends reach the LLM) ------------------------
