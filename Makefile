@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh clone:
 #   make test   create .venv, install, run the whole test suite
-#   make demo   create .venv, install, run both ops on paper-sized features (ppllava bench planted)
+#   make demo   create .venv, install, the shipped test bed model answers questions about fresh clips
 # TORCH picks the torch build installed first (e.g. TORCH="torch==2.13.0 --index-url ..." for CUDA);
 # the package is then installed with a constraints file so that build is never replaced.
 
@@ -26,7 +26,8 @@ test: install
 	$(BIN)/python -m pytest -q
 
 demo: install
-	$(BIN)/ppllava bench planted
+	@mkdir -p build
+	$(BIN)/ppllava demo --out build/demo_relevance.png
 
 bench: install
 	$(BIN)/ppllava bench ops

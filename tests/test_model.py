@@ -53,6 +53,20 @@ def test_uniform_relevance_is_avg_pool_of_the_feature_layer(project_before):
         torch.testing.assert_close(image, _oracle_tokens(model, px[4:], (1, 3, 3), project_before), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("ops", ["native", "cpu", "npu"])
+def test_the_average_baseline_is_avg_pool3d_in_every_implementation(ops, monkeypatch):
+    monkeypatch.setenv("PPLLAVA_OPS", ops)      # the baseline runs the pooling op (the 910B has no avg_pool3d)
+    config = load_config("tiny")
+    config.pooling_mode = "average"
+    model = build_model(config, seed=1).eval()
+    batch = make_batch(config, [(4, True, 0), (2, False, 0)], seed=3)
+    with torch.no_grad():
+        video, image = model.encode_visuals(**visual_kwargs(batch))
+        px = batch["pixel_values"]
+        torch.testing.assert_close(video, _oracle_tokens(model, px[:4], (2, 3, 3), False), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(image, _oracle_tokens(model, px[4:], (1, 3, 3), False), atol=1e-5, rtol=1e-4)
+
+
 def test_items_of_a_mixed_batch_equal_the_items_alone(model):
     items = [(4, True, 0), (1, False, 0), (2, False, 1), (4, True, 1), (1, False, 2)]
     batch = make_batch(model.config, items, seed=5)

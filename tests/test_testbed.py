@@ -61,9 +61,6 @@ def pixel_answer(question, seen, frames):
             return "always", False
         middle = (shown[0] + shown[-1] + 1) / 2                        # frames [a, b] span a .. b + 1
         return ("start", "middle", "end")[min(2, int(middle // (frames / 3)))], True
-    if m := re.fullmatch(r"Which way does the (\w+) shape move\?", question):
-        assert m[1] not in brief
-        return seen[m[1]]["direction"], False
     if m := re.fullmatch(r"Is there a (\w+) shape\?", question):
         return ("yes" if m[1] in seen else "no"), m[1] in brief
     if question == syn.DESCRIBE:
@@ -101,6 +98,8 @@ def test_answers_agree_with_the_pixels(root):
             rare = syn.rare_shape(scenes[clip])
             assert brief == [rare["colour"]] and seen[brief[0]]["frames"] == syn.rare_frames(scenes[clip])
             assert 2 <= len(syn.rare_frames(scenes[clip])) <= 4
+            for shape in scenes[clip]["shapes"]:                         # persistent shapes move as described
+                assert shape["rare"] or seen[shape["colour"]]["direction"] == shape["direction"]
             for record in (r for r in records if r["clip"] == clip):
                 question = record["conversations"][0]["value"].removeprefix("<video>\n")
                 assert record["conversations"][1]["value"] == record["answer"]

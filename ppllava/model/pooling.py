@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import backends
@@ -52,8 +51,13 @@ class PromptGuidedPooling(nn.Module):
                                            temperature=self.config.pooling_temperature)
 
     def pool_unguided(self, x: torch.Tensor, is_video: bool) -> torch.Tensor:
-        """The baselines: avg_pool3d of x (n, T, h, w, D) with the same kernels ("average"), or x itself ("none")."""
+        """The baselines: the average of each window of x (n, T, h, w, D) with the same kernels ("average"),
+        or x itself ("none").
+
+        The average is prompt_guided_pool with a uniform relevance map (softmax weights of exactly 1/K),
+        i.e. avg_pool3d, through the backend op: it runs where avg_pool3d does not (the 910B for D > 1)."""
         if self.config.pooling_mode == "none":
             return x
         kernel, stride = self.config.pooling_geometry(is_video)
-        return F.avg_pool3d(x.permute(0, 4, 1, 2, 3), kernel, stride).permute(0, 2, 3, 4, 1)
+        uniform = torch.zeros(x.shape[:4], dtype=torch.float32, device=x.device)
+        return backends.prompt_guided_pool(x, uniform, kernel=kernel, stride=stride, temperature=1.0)

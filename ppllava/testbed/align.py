@@ -2,11 +2,15 @@
 
 PPLLaVA's pooling weights come from the CLIP relevance between the question and every patch, so the
 towers must agree patch by patch, not only per frame. For each clip of a batch and each shape in it,
-a phrase naming the shape ("the red one", "a red square", ...) is encoded by the prompt tower, and
+a phrase naming the shape ("the red one", "Is there a red shape?", ...) is encoded by the prompt
+tower, and so is one naming a colour that the clip does not have:
 
     grounding  the relevance map the model computes for the phrase (softmax over all patches of the
                clip of relevance_scale * cos, exactly as PromptGuidedPooling does) is pulled towards
-               the shape's pixel coverage of each patch (cross-entropy);
+               the shape's pixel coverage of each patch (cross-entropy), and for the absent colour
+               towards the uniform map: a question about nothing in the clip must not single out
+               patches, so the pooling weights of its windows stay flat (an average) where the
+               named shape is not, and peak on it where it is;
     contrast   each shape's region embedding (its patches' embeddings averaged by coverage) against
                every phrase of the batch, and back: CLIP's symmetric loss, phrases of the same colour
                and shape counting as positives.
@@ -73,10 +77,16 @@ class Aligner:
                 owners.append(c)
                 identities.append((shape["colour"], shape["shape"]))
                 targets.append(cover.flatten() / cover.sum())
+        shown = len(phrases)
+        for c, scene in enumerate(scenes):
+            absent = synthetic.absent_colours(scene)
+            phrases.append(synthetic.phrase({"colour": absent[int(rng.integers(len(absent)))], "shape": "shape"}, rng))
+            owners.append(c)
+            targets.append(torch.full_like(targets[0], 1 / targets[0].numel()))
         prompts = encode_prompts(self.prompt_tokenizer, phrases, self.model.prompt_pooling.prompt_max_length)
         same = torch.tensor([[a == b for b in identities] for a in identities])
         return {"pixel_values": self.preprocess(frames), "clips": len(scenes), "owners": torch.tensor(owners),
-                "targets": torch.stack(targets), "same": same, **prompts}
+                "targets": torch.stack(targets), "shown": shown, "same": same, **prompts}
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         model = self.model
@@ -87,8 +97,9 @@ class Aligner:
         clip_of = embeds[batch["owners"]]                                             # (K, T*g*g, E)
         logits = self.scale * torch.einsum("kne,ke->kn", clip_of, text)
         grounding = -(batch["targets"] * logits.log_softmax(-1)).sum(-1).mean()
-        regions = F.normalize(torch.einsum("kn,kne->ke", batch["targets"], clip_of), dim=-1)
-        pair = self.scale * regions @ text.T
+        shown = batch["shown"]                                                        # rows of present shapes
+        regions = F.normalize(torch.einsum("kn,kne->ke", batch["targets"][:shown], clip_of[:shown]), dim=-1)
+        pair = self.scale * regions @ text[:shown].T
         positives = batch["same"].float() / batch["same"].sum(-1, keepdim=True)
         contrast = 0.5 * (-(positives * pair.log_softmax(-1)).sum(-1).mean()
                           - (positives * pair.T.log_softmax(-1)).sum(-1).mean())

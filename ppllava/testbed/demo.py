@@ -44,7 +44,7 @@ def run_demo(pipeline, clips: int = 20, seed: int = 0, out: str | Path | None = 
                 picture = _picture(pipeline, visual, qa, out)
         seconds.append(time.perf_counter() - start)
     frames = synthetic.DEFAULT_FRAMES
-    return {"seed": seed, "clips": clips, "rows": rows, "picture": picture,
+    return {"seed": seed, "clips": clips, "rows": rows, "picture": picture, "trained_with": config.pooling_mode,
             "patches": frames * config.patch_grid ** 2,
             "tokens": {mode: rows[0][f"{mode}_tokens"] for mode in modes} if rows else {},
             "seconds_per_video": float(np.mean(seconds)) if seconds else None,
@@ -80,6 +80,8 @@ def format_demo(report: dict, device: str) -> str:
         lines.append(f"{mode:>8} pooling: {_pct(s)} of {s['questions']} questions right (chance {s['chance']:.0%}); "
                      f"rare shape {_pct(s['rare'])}, other {_pct(s['common'])}; "
                      + ", ".join(f"{k} {_pct(v)}" for k, v in s["per_kind"].items()))
+    lines.append(f"(one set of weights answers in every column: trained with {report['trained_with']} pooling; "
+                 f"BENCHMARKS.md compares models trained with each)")
     if report["picture"]:
         lines.append(f"relevance map of a question about the brief shape: {report['picture']}")
     return "\n".join(lines)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from . import synthetic
 
 MODES = ("prompt", "average", "none")
-CHANCE = {"when": 1 / (len(synthetic.PHASES) + 1), "direction": 1 / len(synthetic.DIRECTIONS), "present": 1 / 2}
+CHANCE = {"when": 1 / (len(synthetic.PHASES) + 1), "present": 1 / 2}
 
 
 def first_word(text: str) -> str:
