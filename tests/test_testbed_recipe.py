@@ -79,6 +79,22 @@ def test_alignment_points_the_relevance_at_the_named_shape_and_nowhere_for_absen
     assert peak_before > 300 and peak_after < 40
 
 
+def test_alignment_reruns_bit_for_bit_on_two_threads(random_testbed_model):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)                # where two threads summed some gradients in a varying order
+    try:
+        _, prompt_tokenizer = load_tokenizers(random_testbed_model)
+        runs = []
+        for _ in range(2):
+            model = load_model(random_testbed_model, torch.float32)
+            align(model, prompt_tokenizer, scenes("train", 6), AlignConfig(steps=6, clips_per_step=2, warmup=2))
+            runs.append(model.state_dict())
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert not torch.are_deterministic_algorithms_enabled()             # align leaves the global switch as it was
+
+
 def test_summaries_count_by_hand():
     rows = [{"kind": "when", "rare": True, "correct": True}, {"kind": "when", "rare": False, "correct": False},
             {"kind": "present", "rare": True, "correct": False}, {"kind": "present", "rare": False, "correct": True},

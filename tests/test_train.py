@@ -227,8 +227,8 @@ def bed(tmp_path_factory):
             "root": root}
 
 
-def _train(bed, out, *more, processes=1):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": str(ROOT / "build" / "torch_extensions")}
+def _train(bed, out, *more, processes=1, threads=1):
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TORCH_EXTENSIONS_DIR": str(ROOT / "build" / "torch_extensions")}
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)] if processes > 1 else []
     argv = [sys.executable, *launcher, "-m", "ppllava", "train", "--config", "configs/train/tiny.yaml", f"model={bed['model']}",
             f"data={bed['data']}", f"output_dir={out}", "epochs=4", "log_every=1", "lr=1e6", "warmup_ratio=0", *more]
@@ -252,6 +252,17 @@ def test_a_non_finite_loss_stops_or_skips_and_says_so(bed, policy):
         assert (proc.stdout + proc.stderr).count("micro-batch skipped on every process") == 2
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(math.isfinite(r["loss"]) for r in rows)        # only finite steps were recorded
+
+
+def test_a_rerun_repeats_the_losses_bit_for_bit_on_two_threads(bed):
+    """What lets `python -m ppllava.testbed.build` regenerate its checkpoint: every tower trains here."""
+    def run(name):
+        out = bed["root"] / name
+        proc = _train(bed, out, "lr=1e-3", "epochs=2", "model_overrides.train_vision_tower=true", threads=2)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return [json.loads(l)["loss"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    first, second = run("deterministic-a"), run("deterministic-b")
+    assert len(first) >= 4 and first == second
 
 
 def test_sigterm_saves_a_checkpoint_then_the_same_command_resumes(bed):

@@ -110,6 +110,15 @@ def align(model, prompt_tokenizer, scenes: list[dict], config: AlignConfig = Ali
     """Train the towers of `model` in place on `scenes`; returns the per-step losses."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)     # else two CPU threads add some gradients in a varying order
+    try:
+        return _train(model, prompt_tokenizer, scenes, config, rng)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(model, prompt_tokenizer, scenes, config, rng) -> list[dict]:
     aligner = Aligner(model, prompt_tokenizer)
     params = trainable_parameters(model)
     for p in model.parameters():
