@@ -34,6 +34,9 @@ setup(
         # needs FFmpeg 4-8 shared libraries on the system and a release that matches your torch
         "torchcodec": ["torchcodec"],
         "lmms": ["lmms-eval"],  # ppllava.evaluate.lmms_adapter: PPLLaVA in lmms-eval's task suite
+        # only to compare `ppllava align`'s losses with open_clip's (tests/test_align.py); it pulls torchvision,
+        # which breaks transformers' imports where it cannot load (CPU-only machines): never in core or dev
+        "openclip": ["open_clip_torch"],
         # triton: CI checks the cuda kernels in its interpreter on the CPU (Linux wheels only; ~290 MB)
         "dev": ["pytest>=8", "av>=12", "decord>=0.6; platform_machine == 'x86_64'", "deepspeed>=0.16",
                 "triton>=3.1; platform_system == 'Linux'"],

@@ -11,6 +11,7 @@ EXPECTED = {
     "tiny": (24, 1024, 64, 248, None),
     "llava-next-7b": (24, 1024, 64, 248, (7.0, 7.6)),     # Vicuna-7B 6.7 + CLIP-L vision 0.30 + text 0.12
     "llava-video-7b": (27, 1296, 81, 196, (8.2, 8.8)),    # Qwen2-7B 7.6 + SigLIP vision 0.40 + text 0.45
+    "internvl3-8b": (16, 1024, 64, 248, (7.9, 8.3)),      # Qwen2.5-7B 7.6 + InternViT 0.30 + aligned CLIP text 0.12
 }
 
 

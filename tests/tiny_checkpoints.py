@@ -1,13 +1,15 @@
 """Tiny random checkpoints of the real architectures, saved like Hugging Face folders (no download).
 
 LLaVA-OneVision (SigLIP + Qwen2) with its paired SigLIP dual model, LLaVA-NeXT (CLIP + Llama) with
-its paired CLIP dual model, and tiny byte-level BPE tokenizers trained offline.
+its paired CLIP dual model, InternVL3 (InternViT + Qwen2) with a CLIP text tower to align to it, and
+tiny byte-level BPE tokenizers trained offline.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import (CLIPConfig, CLIPModel, LlavaNextConfig, LlavaNextForConditionalGeneration,
+from transformers import (CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModelWithProjection, InternVLConfig,
+                          InternVLForConditionalGeneration, LlavaNextConfig, LlavaNextForConditionalGeneration,
                           LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
                           SiglipConfig, SiglipModel)
 
@@ -81,5 +83,36 @@ def save_llava_next(directory, image_size=48):
     torch.manual_seed(4)
     model = LlavaNextForConditionalGeneration(config)
     model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return model
+
+
+def save_internvl(directory, image_size=48, patch_size=4):
+    """An InternVLForConditionalGeneration (InternViT + Qwen2, pixel shuffle 0.5): 48 px / patch 4 = 12x12
+    patches -> 6x6 tokens."""
+    tokenizer = llm_tokenizer()
+    config = InternVLConfig(
+        vision_config=dict(hidden_size=32, image_size=image_size, patch_size=patch_size, **LAYERS),
+        text_config=dict(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                         eos_token_id=0, pad_token_id=0),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+    torch.manual_seed(5)
+    model = InternVLForConditionalGeneration(config)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return model
+
+
+def save_clip_text(directory, corpus, hidden=32, projection_dim=16):
+    """A CLIPTextModelWithProjection (77 positions) with a tokenizer trained on `corpus`: the start of an alignment."""
+    tokenizer = make_tokenizer(300, ["<|startoftext|>", "<|endoftext|>"], "<|startoftext|>", "<|endoftext|>",
+                               corpus=corpus)
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden, max_position_embeddings=77,
+                            projection_dim=projection_dim, bos_token_id=0, eos_token_id=1, pad_token_id=1, **LAYERS)
+    torch.manual_seed(6)
+    model = CLIPTextModelWithProjection(config)
+    model.save_pretrained(directory)
+    tokenizer.model_max_length = 77
     tokenizer.save_pretrained(directory)
     return model

@@ -13,9 +13,9 @@ import sys
 
 from backends import DeviceUnavailable, ImplementationUnavailable
 
-from . import bench, convert, demo, env, evaluate, explain, infer, launch, parity, train
+from . import align, bench, convert, demo, env, evaluate, explain, infer, launch, parity, train
 
-COMMANDS = (env, convert, parity, bench, demo, train, launch, infer, evaluate, explain)
+COMMANDS = (env, convert, parity, bench, demo, train, align, launch, infer, evaluate, explain)
 USER_ERRORS = (ValueError, FileNotFoundError, DeviceUnavailable, ImplementationUnavailable)
 
 

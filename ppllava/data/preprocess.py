@@ -4,6 +4,7 @@ Each vision tower family is preprocessed as its Hugging Face image processor doe
 
     CLIP    resize the short side to S (bicubic, antialiased), centre crop S x S, OpenAI CLIP mean/std
     SigLIP  resize to S x S (bicubic, antialiased), mean/std 0.5
+    InternViT  resize to S x S, ImageNet mean/std
 
 The resize is Pillow's: one axis at a time in Pillow 13's order, rounded to 0..255 after each pass,
 with Pillow's antialiased bicubic weights (as banded weighted sums on any device; through torch's
@@ -24,13 +25,18 @@ import torch.nn.functional as F
 
 from backends.device import has_pillow_uint8_resize
 
+from ..model.config import side
+
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # vision tower model_type -> (centre crop after a short-side resize?, mean, std)
 PRESETS = {
     "clip_vision_model": (True, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
     "siglip_vision_model": (False, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "internvl_vision": (False, IMAGENET_MEAN, IMAGENET_STD),    # InternVL's processor: 448 x 448, ImageNet
 }
 
 
@@ -120,7 +126,7 @@ class Preprocessor:
             raise ValueError(f"no preprocessing preset for vision tower {vision.model_type!r} "
                              f"(known: {', '.join(sorted(PRESETS))})")
         crop, mean, std = PRESETS[vision.model_type]
-        return cls(vision.image_size, crop, mean, std)
+        return cls(side(vision.image_size), crop, mean, std)
 
     def resized_shape(self, height: int, width: int) -> tuple[int, int]:
         """(H, W) after the resize, before the crop (Hugging Face's rounding: the long side is truncated)."""

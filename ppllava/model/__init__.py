@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig, AutoModelForImageTextToText
 
+from .aligned import AlignedTextTower, AlignedTextTowerConfig
 from .checkpoint import load_model
 from .config import PPLLaVAConfig
 from .context import encode_prompts, extend_positions, extended_length
@@ -13,9 +14,10 @@ from .towers import FAMILIES
 # public registration API: AutoConfig / AutoModelForImageTextToText.from_pretrained find a saved PPLLaVA
 AutoConfig.register(PPLLaVAConfig.model_type, PPLLaVAConfig, exist_ok=True)
 AutoModelForImageTextToText.register(PPLLaVAConfig, PPLLaVAForConditionalGeneration, exist_ok=True)
+AutoConfig.register(AlignedTextTowerConfig.model_type, AlignedTextTowerConfig, exist_ok=True)
 
 __all__ = [
-    "PPLLaVAConfig", "PPLLaVAForConditionalGeneration", "PromptGuidedPooling", "MultiModalProjector",
+    "PPLLaVAConfig", "PPLLaVAForConditionalGeneration", "AlignedTextTower", "AlignedTextTowerConfig", "PromptGuidedPooling", "MultiModalProjector",
     "FAMILIES", "available_architectures", "build_model", "load_config", "load_model",
     "encode_prompts", "extend_positions", "extended_length",
 ]

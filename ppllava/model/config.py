@@ -1,7 +1,8 @@
 """PPLLaVAConfig: the vision tower, the prompt (CLIP/SigLIP text) tower, the LLM, and the pooling.
 
-Sub-configs are transformers configs: `vision_config` (clip_vision_model / siglip_vision_model),
-`prompt_config` (the paired clip_text_model / siglip_text_model, positions already extended) and
+Sub-configs are transformers configs: `vision_config` (clip_vision_model / siglip_vision_model /
+internvl_vision), `prompt_config` (the paired clip_text_model / siglip_text_model, or the CLIP text
+tower aligned to InternViT by `ppllava align`; positions already extended) and
 `text_config` (the LLM: llama, qwen2, ...; named as in transformers' LLaVA so tooling finds it).
 """
 
@@ -21,6 +22,15 @@ VIDEO_KERNEL = [2, 3, 3]
 IMAGE_KERNEL = [1, 3, 3]
 
 
+def side(size) -> int:
+    """One side of a square image or patch size (InternVL's configs give [height, width])."""
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            raise ValueError(f"only square images and patches are supported, got {list(size)}")
+        return int(size[0])
+    return int(size)
+
+
 class PPLLaVAConfig(PreTrainedConfig):
     model_type = "ppllava"
     sub_configs_defaults = {
@@ -35,6 +45,9 @@ class PPLLaVAConfig(PreTrainedConfig):
     # which vision features reach the pooling: hidden_states[vision_feature_layer]; "default" drops CLS
     vision_feature_layer: int = -2
     vision_feature_select_strategy: Literal["default", "full"] = "default"
+    # patches merged per side into one token before pooling, as InternVL's pixel shuffle does (its
+    # downsample_ratio 0.5 is 2: 2x2 patches -> one token of 4x the channels); 1 for LLaVA's bases
+    pixel_shuffle: int = 1
     # prompt-guided pooling; strides default to the kernels
     video_kernel: list[int] | None = None
     video_stride: list[int] | None = None
@@ -50,6 +63,7 @@ class PPLLaVAConfig(PreTrainedConfig):
     project_before_pooling: bool = False
     projector_hidden_act: str = "gelu"
     multimodal_projector_bias: bool = True
+    projector_layer_norm: bool = False           # InternVL's projector opens with a LayerNorm
     # placeholder tokens in the LLM's input_ids, each replaced by one visual token
     image_token_id: int | None = None
     video_token_id: int | None = None
@@ -75,9 +89,15 @@ class PPLLaVAConfig(PreTrainedConfig):
         return family_of_vision(self.vision_config.model_type)
 
     @property
+    def native_grid(self) -> int:
+        """Patches per side the vision tower makes of one frame: image_size // patch_size."""
+        return side(self.vision_config.image_size) // side(self.vision_config.patch_size)
+
+    @property
     def patch_grid(self) -> int:
-        """Patches per side of one frame: image_size // patch_size (CLIP-L/336: 24, SigLIP/384: 27)."""
-        return self.vision_config.image_size // self.vision_config.patch_size
+        """Tokens per side of one frame that reach the pooling (CLIP-L/336: 24, SigLIP/384: 27, InternViT/448
+        after its pixel shuffle: 16)."""
+        return self.native_grid // self.pixel_shuffle
 
     def pooling_geometry(self, is_video: bool) -> tuple[list[int], list[int]]:
         kernel = self.video_kernel if is_video else self.image_kernel
@@ -109,13 +129,17 @@ class PPLLaVAConfig(PreTrainedConfig):
             raise ValueError(f"prompt tower {self.prompt_config.model_type!r} does not pair with vision tower "
                              f"{self.vision_config.model_type!r} (expected {family.text_model_type!r})")
         text_dim, patch_dim = family.text_dim(self.prompt_config), family.patch_dim(self.vision_config)
-        if text_dim != patch_dim:
+        if patch_dim is not None and text_dim != patch_dim:
             raise ValueError(f"prompt tower projects to {text_dim} dims but the vision patch projection gives "
                              f"{patch_dim}: the relevance map needs both in one space")
         layers = self.vision_config.num_hidden_layers
         if not -(layers + 1) <= self.vision_feature_layer <= layers:
             raise ValueError(f"vision_feature_layer {self.vision_feature_layer} is outside the vision tower's "
                              f"hidden states (-{layers + 1}..{layers})")
+        if isinstance(self.pixel_shuffle, bool) or not isinstance(self.pixel_shuffle, int) or self.pixel_shuffle < 1 \
+                or self.native_grid % self.pixel_shuffle:
+            raise ValueError(f"pixel_shuffle must be a positive int dividing the {self.native_grid} patches per side, "
+                             f"got {self.pixel_shuffle!r}")
         if self.pooling_mode not in ("prompt", "average", "none"):
             raise ValueError(f"pooling_mode must be 'prompt', 'average' or 'none', got {self.pooling_mode!r}")
         if self.vision_feature_select_strategy not in ("default", "full"):

@@ -1,10 +1,12 @@
 """Build PPLLaVA from a base multimodal model and its paired dual encoder (plug-and-play migration).
 
-    base (LLaVA-NeXT: CLIP ViT + Llama; LLaVA-OneVision / LLaVA-Video: SigLIP + Qwen2)
-        vision tower, MLP projector, LLM          -> kept as they are
-    text tower (the paired CLIP / SigLIP dual model)
+    base (LLaVA-NeXT: CLIP ViT + Llama; LLaVA-OneVision / LLaVA-Video: SigLIP + Qwen2;
+          InternVL3: InternViT + Qwen2.5, transformers' InternVLForConditionalGeneration)
+        vision tower, MLP projector, LLM          -> kept as they are (InternVL: its pixel shuffle too)
+    text tower (the paired CLIP / SigLIP dual model; for InternVL the tower `ppllava align` wrote)
         text tower + text projection              -> prompt tower, positions extended
         vision post-LayerNorm + visual projection -> per-patch projection for the relevance map
+          (InternVL: the aligned LayerNorm + linear)
         exp(logit_scale)                          -> config.relevance_scale
 Everything is read from local folders; nothing is downloaded.
 """
@@ -16,11 +18,13 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, LlavaNextForConditionalGeneration, LlavaOnevisionForConditionalGeneration
+from transformers import (AutoTokenizer, InternVLForConditionalGeneration, LlavaNextForConditionalGeneration,
+                          LlavaOnevisionForConditionalGeneration)
 
 from .checkpoint import PROMPT_TOKENIZER_DIR, save_weights
 from .config import PPLLaVAConfig
@@ -30,17 +34,31 @@ from .towers import family_of_dual, family_of_vision
 log = logging.getLogger(__name__)
 
 
+def _no_fields(base_config) -> dict:
+    return {}
+
+
+def _internvl_fields(base_config) -> dict:
+    """InternVL merges 2x2 patches (downsample_ratio 0.5) before its LayerNorm + MLP projector."""
+    ratio = base_config.downsample_ratio
+    merge = round(1 / ratio)
+    if abs(merge * ratio - 1) > 1e-6:
+        raise ValueError(f"InternVL downsample_ratio {ratio}: only 1/n ratios (0.5, 0.25, ...) are supported")
+    return {"pixel_shuffle": merge, "projector_layer_norm": True}
+
 
 @dataclass(frozen=True)
 class BaseArchitecture:
     model_type: str
     model_class: type
     dropped: tuple[str, ...] = ()       # base parameters PPLLaVA does not use
+    config_fields: Callable[[object], dict] = _no_fields    # PPLLaVAConfig fields the base's config decides
 
 
 BASES = {b.model_type: b for b in (
     BaseArchitecture("llava_next", LlavaNextForConditionalGeneration, ("image_newline",)),
     BaseArchitecture("llava_onevision", LlavaOnevisionForConditionalGeneration, ("image_newline",)),
+    BaseArchitecture("internvl", InternVLForConditionalGeneration, config_fields=_internvl_fields),
 )}
 
 
@@ -76,6 +94,11 @@ def build_config(base, dual, keep: int, stretch: int) -> PPLLaVAConfig:
     layer = base.config.vision_feature_layer
     if not isinstance(layer, int):
         raise ValueError(f"the base uses vision features from several layers {layer}; PPLLaVA pools one layer")
+    aligned = getattr(dual.config, "vision_feature_layer", layer), getattr(dual.config, "vision_feature_select_strategy",
+                                                                         base.config.vision_feature_select_strategy)
+    if aligned != (layer, base.config.vision_feature_select_strategy):
+        raise ValueError(f"the text tower was aligned on vision features {aligned} (layer, select strategy) but the "
+                         f"base uses {(layer, base.config.vision_feature_select_strategy)}: align on the base's features")
     prompt = dual.config.text_config.to_dict()
     prompt["max_position_embeddings"] = extended_length(prompt["max_position_embeddings"], keep, stretch)
     return PPLLaVAConfig(
@@ -90,6 +113,7 @@ def build_config(base, dual, keep: int, stretch: int) -> PPLLaVAConfig:
         video_token_id=getattr(base.config, "video_token_id", None),
         prompt_context_extension=[keep, stretch],
         relevance_scale=float(dual.logit_scale.detach().float().exp()),
+        **BASES[base.config.model_type].config_fields(base.config),
     )
 
 
@@ -104,7 +128,7 @@ def build_state(base, dual, config: PPLLaVAConfig, keep: int, stretch: int) -> d
     position_key = family.position_embedding_path + ".weight"
     text[position_key] = extend_positions(text[position_key], keep, stretch)
     state.update(_prefixed("prompt_pooling.prompt_tower.", text))
-    projection = family.patch_projection(dual.config.vision_config)
+    projection = family.build_patch_projection(config)
     projection.load_from_dual(dual)
     state.update(_prefixed("prompt_pooling.patch_projection.", projection.state_dict()))
     return {k: v.detach() for k, v in state.items()}

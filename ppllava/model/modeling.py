@@ -33,16 +33,21 @@ PARAMETER_GROUPS = {
 
 
 class MultiModalProjector(nn.Module):
-    """LLaVA's two-layer MLP (same parameter names, so LLaVA checkpoints load as they are)."""
+    """LLaVA's two-layer MLP (same parameter names, so LLaVA checkpoints load as they are); InternVL's adds a
+    LayerNorm in front and takes pixel-shuffled tokens (4x the vision width)."""
 
     def __init__(self, config: PPLLaVAConfig):
         super().__init__()
         bias = config.multimodal_projector_bias
-        self.linear_1 = nn.Linear(config.vision_config.hidden_size, config.text_config.hidden_size, bias=bias)
+        width = config.vision_config.hidden_size * config.pixel_shuffle ** 2
+        self.layer_norm = nn.LayerNorm(width) if config.projector_layer_norm else None
+        self.linear_1 = nn.Linear(width, config.text_config.hidden_size, bias=bias)
         self.act = ACT2FN[config.projector_hidden_act]
         self.linear_2 = nn.Linear(config.text_config.hidden_size, config.text_config.hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
         return self.linear_2(self.act(self.linear_1(x)))
 
 
@@ -97,16 +102,17 @@ class PPLLaVAForConditionalGeneration(PPLLaVAPreTrainedModel):
 
     # -- visual path ------------------------------------------------------------------------------
     def vision_patches(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(F, 3, S, S) -> (F, g, g, Dv): hidden_states[vision_feature_layer], CLS dropped for 'default'."""
+        """(F, 3, S, S) -> (F, g, g, Dv): hidden_states[vision_feature_layer], CLS dropped for 'default';
+        with pixel_shuffle s > 1, (F, g/s, g/s, s*s*Dv) as InternVL merges patches."""
         out = self.vision_tower(pixel_values=pixel_values.to(self.vision_tower.dtype), output_hidden_states=True)
-        features = out.hidden_states[self.config.vision_feature_layer]
+        features = self.prompt_pooling.family.vision_features(out, self.config.vision_feature_layer)
         if self.config.vision_feature_select_strategy == "default":
             features = features[:, 1:]
-        g = self.config.patch_grid
+        g = self.config.native_grid
         if features.shape[1] != g * g:
             raise ValueError(f"pixel_values: {tuple(pixel_values.shape[-2:])} frames give {features.shape[1]} patches, "
                              f"expected {g}x{g} (image_size {self.config.vision_config.image_size})")
-        return features.reshape(features.shape[0], g, g, features.shape[-1])
+        return pixel_shuffle(features.reshape(features.shape[0], g, g, features.shape[-1]), self.config.pixel_shuffle)
 
     def encode_visuals(self, pixel_values, visual_frames, visual_is_video, visual_sample,
                        prompt_input_ids, prompt_attention_mask=None, patches=None) -> list[torch.Tensor]:
@@ -188,6 +194,17 @@ class PPLLaVAForConditionalGeneration(PPLLaVAPreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         new = self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
         return torch.cat([input_ids, new.to(input_ids.device)], dim=1)
+
+
+def pixel_shuffle(patches: torch.Tensor, s: int) -> torch.Tensor:
+    """(F, g, g, D) -> (F, g/s, g/s, s*s*D): each s x s block of patches as one token, channels patch-major
+    (row offset, then column offset, then D), exactly as InternVL's pixel_shuffle(scale_factor=1/s)."""
+    if s == 1:
+        return patches
+    n, rows, cols, d = patches.shape
+    x = patches.reshape(n, rows, cols // s, d * s).permute(0, 2, 1, 3)
+    x = x.reshape(n, cols // s, rows // s, d * s * s).permute(0, 2, 1, 3)
+    return x.contiguous()
 
 
 def _check_visual_inputs(pixel_values, visual_frames, visual_is_video, visual_sample, prompt_input_ids, guided=True):

@@ -22,7 +22,7 @@ class PromptGuidedPooling(nn.Module):
         self.config = config
         self.family = config.tower_family()
         self.prompt_tower = self.family.text_class(config.prompt_config)
-        self.patch_projection = self.family.patch_projection(config.vision_config)
+        self.patch_projection = self.family.build_patch_projection(config)
 
     @property
     def prompt_max_length(self) -> int:

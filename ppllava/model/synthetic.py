@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import torch
 
+from .config import side
+
 
 def make_batch(config, items, text_len=6, prompt_len=8, seed=0, frame_px=None) -> dict[str, torch.Tensor]:
     """input_ids with each row's placeholders followed by text_len text tokens, plus the visual inputs."""
     gen = torch.Generator().manual_seed(seed)
     rows = 1 + max(row for _, _, row in items)
-    size = frame_px or config.vision_config.image_size
+    size = frame_px or side(config.vision_config.image_size)
     runs = [[] for _ in range(rows)]
     for frames, is_video, row in items:
         runs[row] += config.placeholders(frames, is_video)

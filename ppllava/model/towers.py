@@ -2,8 +2,8 @@
 
 A family says which transformers classes make its vision tower, its text (prompt) tower and its dual
 model, how the text tower is read (pooled, projected features) and how patch tokens are brought into
-the same space (the per-token visual projection). Adding a family (InternViT + a contrastively aligned
-text tower) is one more entry in FAMILIES.
+the same space (the per-token visual projection). InternVL's InternViT has no paired text tower: its
+family reads the CLIP text tower and patch projection that `ppllava align` trained (model/aligned.py).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from transformers import CLIPModel, CLIPTextModelWithProjection, SiglipModel, SiglipTextModel
 from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
+
+from .aligned import AlignedTextTower, InternVLPatchProjection
 
 
 class CLIPPatchProjection(nn.Module):
@@ -66,8 +68,17 @@ class TowerFamily:
     def text_dim(self, text_config) -> int:
         raise NotImplementedError
 
-    def patch_dim(self, vision_config) -> int:
+    def patch_dim(self, vision_config) -> int | None:
+        """Width of the projected patch tokens; None where the projection is built to the text width."""
         raise NotImplementedError
+
+    def build_patch_projection(self, config) -> nn.Module:
+        """The patch projection of a PPLLaVAConfig."""
+        return self.patch_projection(config.vision_config)
+
+    def vision_features(self, outputs, layer: int) -> torch.Tensor:
+        """The vision tower's features PPLLaVA pools: hidden_states[layer] (what LLaVA's bases take)."""
+        return outputs.hidden_states[layer]
 
     def text_embeds(self, tower, input_ids, attention_mask) -> torch.Tensor:
         """(B, L) prompt ids -> (B, C) pooled, projected text features."""
@@ -120,7 +131,27 @@ class SiglipFamily(TowerFamily):
         return dict(dual.text_model.state_dict())
 
 
-FAMILIES: dict[str, TowerFamily] = {f.name: f for f in (ClipFamily(), SiglipFamily())}
+class InternVLFamily(ClipFamily):
+    """InternViT (InternVL3) + a CLIP text tower aligned to it by `ppllava align` (model/aligned.py)."""
+    name, vision_model_type, dual_model_type = "internvl", "internvl_vision", "ppllava_aligned_text"
+    dual_class, patch_projection = AlignedTextTower, InternVLPatchProjection
+
+    def patch_dim(self, vision_config):
+        return None                                   # learned into the text space, whatever its width
+
+    def build_patch_projection(self, config):
+        return InternVLPatchProjection(config.vision_config, self.text_dim(config.prompt_config),
+                                       merge=config.pixel_shuffle ** 2)
+
+    def vision_features(self, outputs, layer):
+        # as InternVL: the last layer is last_hidden_state (after the tower's final norm, when it has one)
+        return outputs.last_hidden_state if layer == -1 else outputs.hidden_states[layer]
+
+    def text_state_from_dual(self, dual):
+        return dict(dual.text_tower.state_dict())
+
+
+FAMILIES: dict[str, TowerFamily] = {f.name: f for f in (ClipFamily(), SiglipFamily(), InternVLFamily())}
 
 
 def family_of_vision(model_type: str) -> TowerFamily:
@@ -139,6 +170,7 @@ def family_of_dual(model_type: str) -> TowerFamily:
     if model_type in text_only or model_type.endswith("_with_projection"):
         raise ValueError(f"the text tower checkpoint is a bare {model_type!r}: it is missing the visual projection "
                          f"that maps patch tokens into the text space; pass the paired dual model "
-                         f"({', '.join(f.dual_model_type for f in FAMILIES.values())}) instead")
+                         f"({', '.join(f.dual_model_type for f in FAMILIES.values())}; for InternVL the folder "
+                         f"`ppllava align` wrote) instead")
     known = ", ".join(f.dual_model_type for f in FAMILIES.values())
     raise ValueError(f"unknown text tower architecture {model_type!r}; supported dual models: {known}")

@@ -155,3 +155,23 @@ class Checkpoints:
             raise FileNotFoundError(f"DeepSpeed found no checkpoint in {folder}")
         _restore_rng(torch.load(mine, weights_only=False), self.group.device)
         return state
+
+
+def choose_checkpoint(checkpoints: Checkpoints, resume: str, check) -> Path | None:
+    """The checkpoint a run resumes from: `resume` is auto (the newest complete one), none (refuse a folder that
+    has checkpoints) or a folder. The main process decides for all; `check(folder)` vets the chosen one."""
+    group = checkpoints.group
+    checkpoints.clean_partial()
+    existing = complete_checkpoints(checkpoints.root)
+    if resume == "none" and group.from_main(bool(existing)):
+        raise ValueError(f"{checkpoints.root} already holds checkpoints and resume=none: "
+                         f"choose a new output_dir, or resume=auto")
+    choice = ""
+    if resume != "none" and group.is_main:
+        found = find_checkpoint(resume) if resume != "auto" else (existing or [None])[-1]
+        choice = str(found or "")
+    folder = group.from_main(choice)
+    if not folder:
+        return None
+    check(Path(folder))
+    return Path(folder)

@@ -24,8 +24,33 @@ NONFINITE = ("stop", "skip")
 GROUPS = ("vision_tower", "prompt_tower", "projector", "llm")
 
 
+class Recipe:
+    """What the training stack asks of a recipe dataclass (TrainConfig, `ppllava align`'s AlignConfig)."""
+
+    deepspeed: str
+    betas: tuple
+    gradient_checkpointing: bool
+
+    def check_shared(self, bad) -> None:
+        """The checks of the fields every recipe has; `bad(name, why)` raises."""
+        if not isinstance(self.gradient_checkpointing, bool):
+            bad("gradient_checkpointing", "must be true or false")
+        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2 or not all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.betas):
+            bad("betas", "must be two numbers in [0, 1)")
+        self.betas = tuple(float(b) for b in self.betas)
+
+    def deepspeed_path(self) -> Path:
+        return deepspeed_file(self.deepspeed)
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["betas"] = list(self.betas)
+        return out
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(Recipe):
     model: str                          # a PPLLaVA checkpoint folder (`ppllava convert` / `ppllava export`)
     data: str                           # a data config YAML (ppllava/data/sources.py)
     output_dir: str                     # checkpoints/, metrics.jsonl, train.log
@@ -90,44 +115,38 @@ class TrainConfig:
         number("weight_decay", 0)
         number("grad_clip", 0)
         number("warmup_ratio", 0, 1)
-        if not isinstance(self.gradient_checkpointing, bool):
-            bad("gradient_checkpointing", "must be true or false")
-        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2 or not all(
-                isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.betas):
-            bad("betas", "must be two numbers in [0, 1)")
-        self.betas = tuple(float(b) for b in self.betas)
+        self.check_shared(bad)
         if not isinstance(self.group_lr, dict) or set(self.group_lr) - set(GROUPS) or not all(
                 isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in self.group_lr.values()):
             bad("group_lr", f"must map parameter groups ({', '.join(GROUPS)}) to learning rates > 0")
         if not isinstance(self.model_overrides, dict):
             bad("model_overrides", "must be a mapping of model config fields")
 
-    def deepspeed_path(self) -> Path:
-        path = Path(self.deepspeed)
-        if path.suffix in (".yaml", ".yml", ".json"):
-            if not path.is_file():
-                raise FileNotFoundError(f"deepspeed config {path} does not exist")
-            return path
-        path = DEEPSPEED_DIR / f"{self.deepspeed}.yaml"
+
+
+def deepspeed_file(name: str) -> Path:
+    """configs/deepspeed/<name>.yaml, or `name` itself when it is a .yaml/.yml/.json path."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml", ".json"):
         if not path.is_file():
-            known = ", ".join(sorted(p.stem for p in DEEPSPEED_DIR.glob("*.yaml")))
-            raise ValueError(f"unknown deepspeed config {self.deepspeed!r}; known: {known} (or pass a file)")
+            raise FileNotFoundError(f"deepspeed config {path} does not exist")
         return path
+    path = DEEPSPEED_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in DEEPSPEED_DIR.glob("*.yaml")))
+        raise ValueError(f"unknown deepspeed config {name!r}; known: {known} (or pass a file)")
+    return path
 
-    def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out["betas"] = list(self.betas)
-        return out
 
-
-def apply_override(raw: dict, item: str) -> None:
-    """Apply one `key=value` (or `key.sub=value`) to the raw config mapping, in place."""
+def apply_override(raw: dict, item: str, config_class: type | None = None) -> None:
+    """Apply one `key=value` (or `key.sub=value`) to the raw config mapping of `config_class` (a dataclass;
+    TrainConfig by default), in place."""
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise ValueError(f"override {item!r} is not key=value")
     value = yaml.safe_load(text) if text else ""
     head, _, sub = key.partition(".")
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    names = {f.name for f in dataclasses.fields(config_class or TrainConfig)}
     if head not in names:
         raise ValueError(f"override {item!r}: unknown key {head!r} (known: {', '.join(sorted(names))})")
     if sub:
@@ -163,16 +182,22 @@ def config_from_dict(raw: dict, where: str = "train config") -> TrainConfig:
 
 def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
     """The recipe at `path` (or nothing) with `overrides` applied on top."""
+    raw, where = read_recipe(path, overrides, TrainConfig, "train config")
+    return config_from_dict(raw, where)
+
+
+def read_recipe(path: str | Path | None, overrides, config_class: type, kind: str) -> tuple[dict, str]:
+    """The raw mapping of a recipe file (or nothing) with `key=value` overrides applied, and where it came from."""
     raw: dict = {}
-    where = "train config"
+    where = kind
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"train config {path} does not exist")
+            raise FileNotFoundError(f"{kind} {path} does not exist")
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         if not isinstance(raw, dict):
-            raise ValueError(f"{path}: expected a mapping of TrainConfig fields")
+            raise ValueError(f"{path}: expected a mapping of {config_class.__name__} fields")
         where = str(path)
     for item in overrides:
-        apply_override(raw, item)
-    return config_from_dict(raw, where)
+        apply_override(raw, item, config_class)
+    return raw, where

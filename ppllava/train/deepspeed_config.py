@@ -11,6 +11,8 @@ RECIPE_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_a
 
 
 def deepspeed_config(cfg: TrainConfig, accumulation: int, world_size: int) -> dict:
+    """`cfg`: a TrainConfig, or any recipe with deepspeed_path(), micro_batch_size, grad_clip and precision
+    (`ppllava align`'s AlignConfig)."""
     path = cfg.deepspeed_path()
     ds = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(ds, dict):

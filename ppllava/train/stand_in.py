@@ -15,12 +15,13 @@ from __future__ import annotations
 import torch
 
 from ..data.chat import IGNORE
+from ..model.config import side
 from ..model.context import encode_prompts
 
 
 class StandIn:
     def __init__(self, config, collator):
-        size = config.vision_config.image_size
+        size = side(config.vision_config.image_size)
         ids = config.placeholders(1, is_video=False) + [collator.pad_token_id]
         prompt = encode_prompts(collator.prompt_tokenizer, ["."], collator.prompt_max_length, collator.pad_prompts_to_max)
         self.pad = collator.pad_token_id

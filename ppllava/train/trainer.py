@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ..data import ChatEncoder, Collator, ConversationDataset, DataError, load_data_config, load_samples
 from ..model.checkpoint import PROMPT_TOKENIZER_DIR, load_model, load_tokenizers, read_config
 from .. import distributed
-from .checkpoint import Checkpoints, complete_checkpoints, find_checkpoint
+from .checkpoint import Checkpoints, choose_checkpoint, find_checkpoint
 from .config import TrainConfig
 from .deepspeed_config import deepspeed_config
 from .metrics import Metrics
@@ -42,10 +42,11 @@ SAME_ON_RESUME = ("model", "data", "frames", "model_overrides", "precision", "de
 RECIPE_FILE = "train_config.yaml"
 
 
-def check_same_recipe(cfg: TrainConfig, folder: Path) -> None:
+def check_same_recipe(cfg, folder: Path, fields: tuple[str, ...] = SAME_ON_RESUME) -> None:
+    """Raise if the recipe saved in checkpoint `folder` differs from `cfg` (a TrainConfig or AlignConfig) in `fields`."""
     saved = yaml.safe_load((folder / RECIPE_FILE).read_text()) if (folder / RECIPE_FILE).is_file() else {}
     now = cfg.to_dict()
-    changed = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in SAME_ON_RESUME if saved.get(k) != now[k]]
+    changed = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in fields if saved.get(k) != now[k]]
     if changed:
         raise ValueError(f"resuming {folder} with a different recipe ({'; '.join(changed)}): the data order, "
                          f"schedule and precision come from the checkpoint; use its values, or start a new run "
@@ -175,20 +176,7 @@ class Trainer:
     # -- resume, save --------------------------------------------------------------------------------
     def _choose_checkpoint(self) -> Path | None:
         """The checkpoint this run resumes from (the main process decides for all), its recipe checked."""
-        self.checkpoints.clean_partial()
-        existing = complete_checkpoints(self.checkpoints.root)
-        if self.cfg.resume == "none" and self.group.from_main(bool(existing)):
-            raise ValueError(f"{self.checkpoints.root} already holds checkpoints and resume=none: "
-                             f"choose a new output_dir, or resume=auto")
-        choice = ""
-        if self.cfg.resume != "none" and self.group.is_main:
-            found = find_checkpoint(self.cfg.resume) if self.cfg.resume != "auto" else (existing or [None])[-1]
-            choice = str(found or "")
-        folder = self.group.from_main(choice)
-        if not folder:
-            return None
-        check_same_recipe(self.cfg, Path(folder))
-        return Path(folder)
+        return choose_checkpoint(self.checkpoints, self.cfg.resume, lambda folder: check_same_recipe(self.cfg, folder))
 
     def resume(self) -> None:
         folder = self.resume_from
@@ -294,22 +282,32 @@ class Trainer:
 
     def close(self, clean: bool = True) -> None:
         """Free the engine and leave the process group (every process, also after an error)."""
-        engine = getattr(self, "engine", None)
-        if engine is not None:
-            engine.destroy()
-        distributed.stop(barrier=clean)
+        close_engine(getattr(self, "engine", None), clean)
 
 
-def train(cfg: TrainConfig) -> dict:
-    trainer = None
+def run_closing(make) -> dict:
+    """`make()` a run (an object with run() and close(clean)), run it, and always leave the process group:
+    with a barrier after success, without one after an error (the other processes may be gone)."""
+    runner = None
     clean = False
     try:
-        trainer = Trainer(cfg)
-        result = trainer.run()
+        runner = make()
+        result = runner.run()
         clean = True
         return result
     finally:
-        if trainer is not None:
-            trainer.close(clean)
+        if runner is not None:
+            runner.close(clean)
         else:
             distributed.stop(barrier=False)
+
+
+def close_engine(engine, clean: bool) -> None:
+    """Free a DeepSpeed engine (if one was made) and leave the process group."""
+    if engine is not None:
+        engine.destroy()
+    distributed.stop(barrier=clean)
+
+
+def train(cfg: TrainConfig) -> dict:
+    return run_closing(lambda: Trainer(cfg))
