@@ -46,7 +46,7 @@ if __name__ == "__main__":
     half = len(images) // world
     mine = slice(rank * half, (rank + 1) * half)
     valid = torch.ones(len(images), dtype=torch.bool)
-    valid[[2, 5]] = False                                   # one padded row on each process
+    valid[[1, 2, 5]] = False                                # padded rows: two on process 0, one on process 1
     out = {}
     for name in LOSSES:
         for masked in (False, True):

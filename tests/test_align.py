@@ -139,7 +139,7 @@ def test_two_process_gathered_losses_equal_one_process(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     images, texts = batch()
     valid = torch.ones(len(images), dtype=torch.bool)
-    valid[[2, 5]] = False
+    valid[[1, 2, 5]] = False
     for (name, masked), (loss0, grads0) in ranks[0].items():
         rows = valid if masked else slice(None)
         loss, grads = loss_and_grads(name, images[rows], texts[rows])   # one process, the whole batch
@@ -229,6 +229,13 @@ def test_alignment_loss_falls_and_retrieval_rises(aligned):
           f"{retrieval['after']['accuracy']:.1%} (chance {chance:.1%})")
     assert "held-out retrieval after" in aligned["proc"].stdout
     assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-000060", "step-000080"]
+    # the temperature clamp (max_logit_scale 9, below SigLIP's start of 10) holds on the optimizer's fp32 master
+    # copy too, which ZeRO copies over the parameter at every step
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    limit = load_align_config(RECIPE).max_logit_scale
+    master = get_fp32_state_dict_from_zero_checkpoint(str(out / "checkpoints"), tag="step-000080")["logit_scale"]
+    assert float(master.detach()) <= math.log(limit) + 1e-6 and max(r["scale"] for r in rows) <= limit * (1 + 1e-6)
     tower = AlignedTextTower.from_pretrained(out / "text_tower")
     assert tower.config.loss == "siglip" and tower.config.vision_config.model_type == "internvl_vision"
     assert (out / "checkpoints" / "step-000080" / "text_tower" / "tokenizer.json").is_file()
@@ -270,7 +277,8 @@ def test_internvl_conversion_keeps_every_part(aligned, converted):
     tower = AlignedTextTower.from_pretrained(aligned["out"] / "text_tower", dtype=torch.float32).eval()
     config = converted.config
     assert config.tower_family().name == "internvl" and (config.native_grid, config.pixel_shuffle) == (12, 2)
-    assert config.patch_grid == 6 and config.visual_tokens(4, True) == 2 * 2 * 2 and config.visual_tokens(1, False) == 4
+    assert (config.video_kernel, config.image_kernel) == ([2, 2, 2], [1, 2, 2])     # tiles the grid, as the recipe
+    assert config.patch_grid == 6 and config.visual_tokens(4, True) == 2 * 3 * 3 and config.visual_tokens(1, False) == 9
     assert config.prompt_config.max_position_embeddings == 248
     assert config.relevance_scale == pytest.approx(float(tower.logit_scale.detach().exp()), rel=1e-6)
     pixels = torch.randn(2, 3, 48, 48)

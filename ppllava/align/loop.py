@@ -67,6 +67,21 @@ def start_tower(cfg: AlignConfig, vision_config) -> AlignedTextTower:
     return tower
 
 
+@torch.no_grad()
+def clamp_logit_scale(param: torch.nn.Parameter, limit: float) -> float:
+    """open_clip's clamp of the learnt log temperature to [0, limit] after a step, on the parameter and on
+    DeepSpeed's fp32 master copy, which ZeRO copies over the parameter at every step (every process calls
+    this: reading the master copy is a collective). Returns the clamped value."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+
+    master = safe_get_full_fp32_param(param)
+    if master is not None:
+        master = master.clamp(0, limit)
+        safe_set_full_fp32_param(param, master)
+    param.clamp_(0, limit)
+    return float(master if master is not None else param.float())
+
+
 def pad_rows(batch: dict, rows: int, pad_id: int) -> dict:
     """The micro-batch with exactly `rows` rows and a `valid` mask: missing rows (unreadable pairs) repeat
     the first pair, or are blank, so that their numbers stay finite; the loss leaves them out."""
@@ -187,13 +202,11 @@ class Aligner:
             loss, n, t = self._micro_step(batches)
             losses.append(loss)
             samples, tokens = samples + n, tokens + t
-        module = self.engine.module
-        with torch.no_grad():                                  # open_clip's clamp of the temperature
-            module.logit_scale.clamp_(0, math.log(self.cfg.max_logit_scale))
+        scale = clamp_logit_scale(self.engine.module.logit_scale, math.log(self.cfg.max_logit_scale))
         self.step += 1
         loss_sum, loss_n, samples, tokens = self.group.sum([sum(losses), len(losses), samples, tokens])
         row = {"step": self.step, "epoch": self.stream.position.epoch, "loss": loss_sum / loss_n, "lr": lr,
-               "tokens": int(tokens), "samples": int(samples), "scale": float(module.logit_scale.detach().float().exp())}
+               "tokens": int(tokens), "samples": int(samples), "scale": math.exp(scale)}
         self.metrics.record(row, loss_sum, loss_n)
         return row
 

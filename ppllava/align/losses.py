@@ -79,12 +79,13 @@ class ClipLoss(torch.nn.Module):
 
 class SigLipLoss(torch.nn.Module):
     """-sum(logsigmoid(label * (scale * img @ txt.T + bias))) / local batch, label +1 on matching pairs else -1;
-    this process's images against all processes' texts. `valid` as in ClipLoss (the local batch is then
-    the number of valid rows)."""
+    this process's images against all processes' texts. `valid` as in ClipLoss; the local batch is then the
+    valid rows of all processes over their number, so that the processes' mean stays the one-process loss
+    on all valid pairs when they hold different numbers of them."""
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
                 logit_bias: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
-        rank, _ = distributed_world()
+        rank, world = distributed_world()
         texts = gather_with_grad(text_features)
         logits = logit_scale * image_features @ texts.T
         if logit_bias is not None:
@@ -96,8 +97,9 @@ class SigLipLoss(torch.nn.Module):
         if valid is None:
             return terms.sum() / local
         mask = valid.to(logits.dtype)
-        pair_mask = mask[:, None] * gather_with_grad(mask)[None, :]
-        return (terms * pair_mask).sum() / mask.sum().clamp(min=1)
+        every = gather_with_grad(mask)
+        pair_mask = mask[:, None] * every[None, :]
+        return (terms * pair_mask).sum() / (every.sum() / world).clamp(min=1 / world)
 
 
 LOSSES = {"clip": ClipLoss, "siglip": SigLipLoss}

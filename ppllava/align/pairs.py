@@ -49,7 +49,7 @@ class Pair:
 def _index_shard(path: Path) -> list[Pair]:
     images, captions = {}, {}
     try:
-        with tarfile.open(path) as tar:
+        with tarfile.open(path, "r:") as tar:        # uncompressed: members are read by byte offset
             for info in tar:
                 if not info.isfile():
                     continue
@@ -57,7 +57,7 @@ def _index_shard(path: Path) -> list[Pair]:
                 member = Member(str(path), info.offset_data, info.size)
                 if "." + suffix.lower() in IMAGE_SUFFIXES and dot:
                     images[key] = member
-                elif suffix == "txt" and dot:
+                elif suffix.lower() == "txt" and dot:
                     captions[key] = member
     except (tarfile.TarError, OSError) as e:
         raise DataError(f"{path}: not a readable tar shard ({e})") from None
@@ -73,8 +73,10 @@ def _read_list(path: Path) -> list[Pair]:
             try:
                 record = json.loads(line)
                 image, caption = record["image"], record["caption"]
+                if not (isinstance(image, str) and isinstance(caption, str)):
+                    raise TypeError
             except (ValueError, KeyError, TypeError):
-                raise DataError(f"{path}:{number}: expected a JSON object with 'image' and 'caption'") from None
+                raise DataError(f"{path}:{number}: expected a JSON object with 'image' and 'caption' strings") from None
         else:
             image, tab, caption = line.partition("\t")
             if not tab:

@@ -39,12 +39,14 @@ def _no_fields(base_config) -> dict:
 
 
 def _internvl_fields(base_config) -> dict:
-    """InternVL merges 2x2 patches (downsample_ratio 0.5) before its LayerNorm + MLP projector."""
+    """InternVL merges 2x2 patches (downsample_ratio 0.5) before its LayerNorm + MLP projector. Its 448-px
+    frames then give 16x16 tokens, which the (2,3,3) kernel would not tile (the last row and column would be
+    dropped): (2,2,2) / (1,2,2), as configs/model/internvl3-8b.yaml."""
     ratio = base_config.downsample_ratio
     merge = round(1 / ratio)
     if abs(merge * ratio - 1) > 1e-6:
         raise ValueError(f"InternVL downsample_ratio {ratio}: only 1/n ratios (0.5, 0.25, ...) are supported")
-    return {"pixel_shuffle": merge, "projector_layer_norm": True}
+    return {"pixel_shuffle": merge, "projector_layer_norm": True, "video_kernel": [2, 2, 2], "image_kernel": [1, 2, 2]}
 
 
 @dataclass(frozen=True)
