@@ -15,8 +15,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -260,6 +262,31 @@ def test_killed_alignment_resumes_on_the_same_loss_curve(aligned, tmp_path):
     a, b = (AlignedTextTower.from_pretrained(f / "text_tower").state_dict() for f in (first, out))
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_sigterm_saves_a_checkpoint_then_the_same_command_finishes(aligned, tmp_path):
+    """As Slurm or torchrun stop a job: SIGTERM to torchrun reaches every process (and its DataLoader worker);
+    each finishes its step, they save one checkpoint and stop without writing a text tower; rerunning resumes."""
+    out = tmp_path / "stopped"
+    argv = TORCHRUN + ["-m", "ppllava", "align", "--config", str(RECIPE), f"vision={aligned['internvl']}",
+                       f"text={aligned['text']}", f"data={aligned['train']}", "eval_data=null", f"output_dir={out}",
+                       "workers=1", "save_every=1000"]
+    proc = subprocess.Popen(argv, env=env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    metrics, deadline = out / "metrics.jsonl", time.time() + 180
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it was signalled"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    log = proc.communicate(timeout=180)[0]
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert f"stopped by signal at step {steps[-1]}" in log, log[-3000:]      # torchrun itself exits 1 on a signal
+    assert steps[-1] < 80 and sorted(p.name for p in (out / "checkpoints").glob("step-*")) == [f"step-{steps[-1]:06d}"]
+    assert not (out / "text_tower").exists()
+    resumed = run(argv)
+    assert f"resumed from {out / 'checkpoints' / f'step-{steps[-1]:06d}'}" in resumed.stdout + resumed.stderr
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, 81))
+    assert (out / "text_tower" / "config.json").is_file()
 
 
 @pytest.fixture(scope="module")

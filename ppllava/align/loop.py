@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import warnings
 from pathlib import Path
 
@@ -169,6 +170,7 @@ class Aligner:
             self.out.mkdir(parents=True, exist_ok=True)
         self.metrics = Metrics(self.out / "metrics.jsonl", self.group.is_main)
         self.step, self.start = 0, Position()
+        self.stop_requested = False
 
     # -- one step ------------------------------------------------------------------------------------
     def _micro_step(self, batches) -> tuple[float, int, int]:
@@ -204,11 +206,17 @@ class Aligner:
             samples, tokens = samples + n, tokens + t
         scale = clamp_logit_scale(self.engine.module.logit_scale, math.log(self.cfg.max_logit_scale))
         self.step += 1
-        loss_sum, loss_n, samples, tokens = self.group.sum([sum(losses), len(losses), samples, tokens])
+        loss_sum, loss_n, samples, tokens, stop = self.group.sum(
+            [sum(losses), len(losses), samples, tokens, float(self.stop_requested)])
         row = {"step": self.step, "epoch": self.stream.position.epoch, "loss": loss_sum / loss_n, "lr": lr,
                "tokens": int(tokens), "samples": int(samples), "scale": math.exp(scale)}
         self.metrics.record(row, loss_sum, loss_n)
-        return row
+        return {**row, "stop": bool(stop)}
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_requested = True
+        log.warning("rank %d: %s received: saving a checkpoint after this step", self.group.rank,
+                    signal.Signals(signum).name)
 
     # -- checkpoints, evaluation -------------------------------------------------------------------------
     def _write_tower(self, folder: Path) -> None:
@@ -240,15 +248,21 @@ class Aligner:
         if self.group.is_main:
             tqdm.write(f"resumed from {folder}: step {self.step}, epoch {self.start.epoch}")
 
-    def _retrieval(self, when: str) -> dict | None:
-        result = None
+    def _record_retrieval(self, when: str) -> dict:
+        """Held-out retrieval (with eval_data) measured now, printed, and kept in retrieval.json under `when`
+        (so a resumed run still reports the accuracy before alignment); all of retrieval.json."""
+        record = {}
+        path = self.out / "retrieval.json"
         if self.eval_set is not None and self.group.is_main:
             result = retrieval_accuracy(self.engine.module, self.vision, self.eval_set, self.collator, self.cfg,
                                         self.group.device)
             tqdm.write(f"held-out retrieval {when}: image->caption top-1 {result['accuracy']:.1%} over "
                        f"{result['pairs']} pairs, {result['captions']} captions (chance {result['chance']:.1%})")
+            record = json.loads(path.read_text()) if path.is_file() and when != "before" else {}
+            record[when] = result
+            path.write_text(json.dumps(record, indent=1))
         self.group.barrier()
-        return result
+        return record
 
     def run(self) -> dict:
         self._resume()
@@ -259,32 +273,39 @@ class Aligner:
                        f"{cfg.micro_batch_size * self.group.world_size} pairs per contrastive batch), {cfg.loss} loss, "
                        f"{cfg.precision}, on {self.group.device} ({self.group.backend}); "
                        f"{len(self.stream.dataset)} pairs")
-        before = self._retrieval("before") if self.step == 0 else None
+        if self.step == 0:
+            self._record_retrieval("before")
+        previous = signal.signal(signal.SIGTERM, self._on_signal)
         bar = tqdm(total=self.total_steps, initial=self.step, desc="align", unit="step",
                    disable=None if self.group.is_main else True, dynamic_ncols=True)
         batches = self.stream.batches(self.start)
         self.metrics.restart()
         self.engine.train()
+        row = {"stop": False}
         try:
-            while self.step < self.total_steps:
+            while self.step < self.total_steps and not row["stop"]:
                 row = self._train_step(batches)
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", scale=f"{row['scale']:.1f}")
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     self.metrics.log(self.step, self.total_steps, row["epoch"], row["lr"])
-                if self.step % cfg.save_every == 0 or self.step == self.total_steps:
+                if self.step % cfg.save_every == 0 or self.step == self.total_steps or row["stop"]:
                     self._save()
         finally:
             bar.close()
-        after = self._retrieval("after")
+            signal.signal(signal.SIGTERM, previous)
+        checkpoint = str(find_checkpoint(self.out)) if self.step else None
+        if row["stop"]:
+            if self.group.is_main:
+                tqdm.write(f"stopped by signal at step {self.step}; run the same command again to resume")
+            return {"steps": self.step, "stopped": True, "checkpoint": checkpoint}
+        retrieval = self._record_retrieval("after")
         if self.group.is_main:
             self._write_tower(self.out / TOWER_DIR)
-            if after is not None:
-                (self.out / "retrieval.json").write_text(json.dumps({"before": before, "after": after}, indent=1))
             tqdm.write(f"wrote {self.out / TOWER_DIR} (`ppllava convert --text-tower` with an InternVL base)")
         self.group.barrier()
-        return {"steps": self.step, "text_tower": str(self.out / TOWER_DIR), "before": before, "after": after,
-                "checkpoint": str(find_checkpoint(self.out)) if self.step else None}
+        return {"steps": self.step, "stopped": False, "text_tower": str(self.out / TOWER_DIR), **retrieval,
+                "checkpoint": checkpoint}
 
     def close(self, clean: bool = True) -> None:
         close_engine(getattr(self, "engine", None), clean)
