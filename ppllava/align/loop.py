@@ -102,22 +102,25 @@ def retrieval_accuracy(tower: AlignedTextTower, vision, dataset: PairDataset, co
     """Image -> caption top-1 accuracy over the distinct captions of `dataset` (chance: 1 / their number)."""
     was_training = tower.training
     tower.eval()
-    items = [dataset[i] for i in range(len(dataset))]
-    items = [it for it in items if isinstance(it, dict)]
-    captions = sorted({it["caption"] for it in items})
-    images, texts = [], []
-    for i in range(0, len(items), batch):
-        pixels = torch.stack([it["pixel_values"] for it in items[i:i + batch]]).to(device)
-        images.append(tower.image_features(patch_tokens(vision, pixels, cfg.vision_feature_layer,
-                                                        cfg.vision_feature_select_strategy)))
+    images, truths = [], []                          # one batch of pixels in memory at a time
+    for start in range(0, len(dataset), batch):
+        items = [it for it in (dataset[i] for i in range(start, min(start + batch, len(dataset))))
+                 if isinstance(it, dict)]
+        if items:
+            pixels = torch.stack([it["pixel_values"] for it in items]).to(device)
+            images.append(tower.image_features(patch_tokens(vision, pixels, cfg.vision_feature_layer,
+                                                            cfg.vision_feature_select_strategy)))
+            truths += [it["caption"] for it in items]
+    captions = sorted(set(truths))
+    texts = []
     for i in range(0, len(captions), batch):
         text = collator.tokenizer(captions[i:i + batch], padding="longest", truncation=True,
                                   max_length=collator.max_length, return_tensors="pt")
         texts.append(tower.text_features(text["input_ids"].to(device), text["attention_mask"].to(device)))
-    predicted = (torch.cat(images) @ torch.cat(texts).T).argmax(dim=1).tolist()
-    correct = sum(captions[p] == it["caption"] for p, it in zip(predicted, items))
+    predicted = (torch.cat(images) @ torch.cat(texts).T).argmax(dim=1).tolist() if truths else []
+    correct = sum(captions[p] == truth for p, truth in zip(predicted, truths))
     tower.train(was_training)
-    return {"accuracy": correct / max(len(items), 1), "chance": 1 / max(len(captions), 1), "pairs": len(items),
+    return {"accuracy": correct / max(len(truths), 1), "chance": 1 / max(len(captions), 1), "pairs": len(truths),
             "captions": len(captions)}
 
 
