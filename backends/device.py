@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -230,3 +231,28 @@ def set_current_device(device: torch.device) -> None:
 def local_device(device_type: str, local_rank: int) -> torch.device:
     """The device of the process with `local_rank` on its node: <type>:<local_rank>, or the CPU (no index)."""
     return resolve_device(device_type if device_type == "cpu" else f"{device_type}:{local_rank}")
+
+
+
+# What a CPU process needs in its environment, from its start, for reruns to repeat bit for bit: MKL's
+# conditional numerical reproducibility (its BLAS otherwise picks code paths by memory alignment). MKL reads
+# it when it loads, so setting it inside a running process is too late for that process.
+REPRODUCIBLE_ENV = {"MKL_CBWR": "AUTO"}
+
+
+def reproducible_numerics() -> bool:
+    """Turn on torch's deterministic algorithms for this process and put REPRODUCIBLE_ENV into the environment
+    of the processes it starts; warn once if this process itself was started without it where MKL is the
+    CPU BLAS (then two runs may differ in the last bits of a loss). On CUDA, deterministic cuBLAS needs
+    CUBLAS_WORKSPACE_CONFIG=:4096:8 before CUDA starts (torch's error says so). Returns the previous torch
+    setting, for torch.use_deterministic_algorithms to restore."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    missing = [k for k in REPRODUCIBLE_ENV if k not in os.environ]
+    if missing and torch.backends.mkl.is_available():
+        warnings.warn(f"{', '.join(missing)} not set when this process started: CPU matmuls may differ in the last "
+                      f"bits between reruns; start it with {' '.join(f'{k}={REPRODUCIBLE_ENV[k]}' for k in missing)}",
+                      stacklevel=2)
+    for key, value in REPRODUCIBLE_ENV.items():
+        os.environ.setdefault(key, value)
+    torch.use_deterministic_algorithms(True)
+    return previous

@@ -1,10 +1,14 @@
 import os
 
-import pytest
-import torch
+# MKL reads its reproducibility switch when it loads (with torch, just below): the tests that rerun a
+# training or alignment and compare bit for bit need it from the start (backends.device.REPRODUCIBLE_ENV).
+os.environ.setdefault("MKL_CBWR", "AUTO")
 
-import backends
-from backends.dispatch import ENV_VAR
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import backends  # noqa: E402
+from backends.dispatch import ENV_VAR  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -1,12 +1,13 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
 
 from backends import DeviceUnavailable, device_facts, resolve_device
-from backends.device import dist_backend, dtype_from_name
+from backends.device import REPRODUCIBLE_ENV, dist_backend, dtype_from_name, reproducible_numerics
 
 no_accelerator = pytest.mark.skipif(torch.accelerator.is_available(), reason="an accelerator is present")
 
@@ -71,3 +72,20 @@ def test_first_npu_resolution_sets_the_hf32_switches_explicitly_and_records_them
     with pytest.raises(DeviceUnavailable):
         resolve_device("npu:0")
     assert device.numerics_switches("npu")["matmul.allow_hf32"] is True
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="MKL is not this torch's CPU BLAS")
+def test_reproducible_numerics_says_when_the_process_started_without_mkls_switch(monkeypatch):
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        monkeypatch.delenv("MKL_CBWR", raising=False)
+        with pytest.warns(UserWarning, match="MKL_CBWR not set when this process started.*MKL_CBWR=AUTO"):
+            assert reproducible_numerics() is before
+        assert torch.are_deterministic_algorithms_enabled() and os.environ["MKL_CBWR"] == "AUTO"   # for children
+        monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")            # the user's own value is kept, and no warning
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert reproducible_numerics() is True
+        assert os.environ["MKL_CBWR"] == "COMPATIBLE" and set(REPRODUCIBLE_ENV) == {"MKL_CBWR"}
+    finally:
+        torch.use_deterministic_algorithms(before)

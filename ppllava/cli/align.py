@@ -14,6 +14,7 @@ examples:
 
 Overrides are key=value with YAML values (lr=5e-4, loss=clip, eval_data=pairs/val.jsonl).
 Rerunning the same command resumes from the newest complete checkpoint in output_dir (resume=auto).
+SIGTERM (e.g. Slurm's time limit) saves a checkpoint after the current step, then stops with exit code 143.
 """
 
 
@@ -37,8 +38,8 @@ def run(args) -> int:
 
     cfg = load_align_config(args.config, args.overrides)
     try:
-        align(cfg)                                  # prints where the text tower went (main process)
+        result = align(cfg)                         # prints where the text tower went (main process)
     except NonFiniteLoss as e:
         print(f"ppllava align: stopped: {e}", file=sys.stderr)
         return 1
-    return 0
+    return 143 if result["stopped"] else 0         # 128 + SIGTERM: stopped early, checkpoint saved

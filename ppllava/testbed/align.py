@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from backends.device import reproducible_numerics
+
 from ppllava.data.preprocess import Preprocessor
 from ppllava.model.context import encode_prompts
 
@@ -110,8 +112,7 @@ def align(model, prompt_tokenizer, scenes: list[dict], config: AlignConfig = Ali
     """Train the towers of `model` in place on `scenes`; returns the per-step losses."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)     # else two CPU threads add some gradients in a varying order
+    deterministic = reproducible_numerics()      # else two CPU threads add some gradients in a varying order
     try:
         return _train(model, prompt_tokenizer, scenes, config, rng)
     finally:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from backends.device import REPRODUCIBLE_ENV
 from ppllava.model.checkpoint import PROMPT_TOKENIZER_DIR, load_model, load_tokenizers, save_weights
 from ppllava.model.tiny import CORPUS, save_tiny_checkpoint
 
@@ -70,7 +71,7 @@ def write_aligned(folder: Path, init: Path, data: Path, config: AlignConfig) -> 
 
 def run(command: list[str]) -> None:
     log.info("running %s", " ".join(command))
-    subprocess.run(command, check=True)
+    subprocess.run(command, check=True, env={**REPRODUCIBLE_ENV, **os.environ})   # stage 2 reruns bit for bit
 
 
 def build(out: Path, work: Path, seed: int = 0, splits: dict = SPLITS, align_config: AlignConfig | None = None,
@@ -126,4 +127,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    missing = {k: v for k, v in REPRODUCIBLE_ENV.items() if k not in os.environ}
+    if missing:      # MKL reads its switch when it loads: start again with it, so that every stage reruns bit for bit
+        os.execve(sys.executable, [sys.executable, "-m", "ppllava.testbed.build", *sys.argv[1:]], {**os.environ, **missing})
     sys.exit(main())

@@ -71,6 +71,8 @@ class TrainConfig(Recipe):
     model_overrides: dict = field(default_factory=dict)   # PPLLaVAConfig fields: kernels, train_* groups, ...
     workers: int = 4                    # DataLoader workers per process
     seed: int = 42
+    deterministic: bool = False         # torch.use_deterministic_algorithms: a rerun on the same machine repeats
+                                        #   bit for bit (on CUDA it needs CUBLAS_WORKSPACE_CONFIG=:4096:8)
     log_every: int = 10                 # optimizer steps between log lines (metrics.jsonl gets every step)
     save_every: int = 500               # optimizer steps between checkpoints (and one at the end)
     keep_last: int = 2                  # complete checkpoints kept
@@ -116,6 +118,8 @@ class TrainConfig(Recipe):
         number("grad_clip", 0)
         number("warmup_ratio", 0, 1)
         self.check_shared(bad)
+        if not isinstance(self.deterministic, bool):
+            bad("deterministic", "must be true or false")
         if not isinstance(self.group_lr, dict) or set(self.group_lr) - set(GROUPS) or not all(
                 isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in self.group_lr.values()):
             bad("group_lr", f"must map parameter groups ({', '.join(GROUPS)}) to learning rates > 0")

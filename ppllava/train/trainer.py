@@ -17,6 +17,8 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from backends.device import reproducible_numerics
+
 from ..data import ChatEncoder, Collator, ConversationDataset, DataError, load_data_config, load_samples
 from ..model.checkpoint import PROMPT_TOKENIZER_DIR, load_model, load_tokenizers, read_config
 from .. import distributed
@@ -78,6 +80,9 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
         self.cfg = cfg
+        self.was_deterministic = torch.are_deterministic_algorithms_enabled()
+        if cfg.deterministic:                                      # first: MKL reads its switch at its first call
+            reproducible_numerics()
         self.group = distributed.start()
         torch.manual_seed(cfg.seed + self.group.rank)              # dropout differs per process, reproducibly
         self.out = Path(cfg.output_dir)
@@ -283,6 +288,7 @@ class Trainer:
     def close(self, clean: bool = True) -> None:
         """Free the engine and leave the process group (every process, also after an error)."""
         close_engine(getattr(self, "engine", None), clean)
+        torch.use_deterministic_algorithms(getattr(self, "was_deterministic", False))   # MKL's switch stays
 
 
 def run_closing(make) -> dict:
