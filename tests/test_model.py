@@ -44,6 +44,11 @@ def test_uniform_relevance_is_avg_pool_of_the_feature_layer(project_before):
     config = load_config("tiny")
     config.pooling_temperature = 1e6          # softmax(S / temperature) is uniform within every window
     config.project_before_pooling = project_before
+    _assert_avg_pool_of_the_feature_layer(config, project_before)
+
+
+def _assert_avg_pool_of_the_feature_layer(config, project_before):
+    """A 4-frame video and a 2-frame image pool to avg_pool3d of their features."""
     model = build_model(config, seed=1).eval()
     batch = make_batch(config, [(4, True, 0), (2, False, 0)], seed=3)
     with torch.no_grad():
@@ -58,13 +63,7 @@ def test_the_average_baseline_is_avg_pool3d_in_every_implementation(ops, monkeyp
     monkeypatch.setenv("PPLLAVA_OPS", ops)      # the baseline runs the pooling op (the 910B has no avg_pool3d)
     config = load_config("tiny")
     config.pooling_mode = "average"
-    model = build_model(config, seed=1).eval()
-    batch = make_batch(config, [(4, True, 0), (2, False, 0)], seed=3)
-    with torch.no_grad():
-        video, image = model.encode_visuals(**visual_kwargs(batch))
-        px = batch["pixel_values"]
-        torch.testing.assert_close(video, _oracle_tokens(model, px[:4], (2, 3, 3), False), atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(image, _oracle_tokens(model, px[4:], (1, 3, 3), False), atol=1e-5, rtol=1e-4)
+    _assert_avg_pool_of_the_feature_layer(config, project_before=False)
 
 
 def test_items_of_a_mixed_batch_equal_the_items_alone(model):
