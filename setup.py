@@ -20,6 +20,8 @@ setup(
         "transformers>=5.24,<6",  # the dataclass configs (SubConfigSpec) of 5.2x; tested with 5.24
         "safetensors",
         "tokenizers",
+        "sentencepiece",  # the slow tokenizers some bases ship (SigLIP's SiglipTokenizer, Llama/Vicuna's)
+        "protobuf",  # read by sentencepiece-based tokenizer conversions
         "numpy",
         "pyyaml",
         "tqdm",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from . import options
 
 # ppllava.model (and transformers) load only when the command runs, so `ppllava --help` stays fast
@@ -33,4 +36,6 @@ def run(args) -> int:
     family = config.tower_family().name
     print(f"wrote {args.out}: {family} towers, prompt positions {config.prompt_config.max_position_embeddings}, "
           f"LLM {config.text_config.model_type}, relevance scale {config.relevance_scale:.2f}")
+    report = json.loads((Path(args.out) / conversion.REPORT).read_text(encoding="utf-8"))
+    print(f"{report['summary']} (every tensor listed in {Path(args.out) / conversion.REPORT})")
     return 0

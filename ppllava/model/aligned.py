@@ -42,9 +42,6 @@ class InternVLPatchProjection(nn.Module):
         patches = tokens.unflatten(-1, (self.merge, -1))
         return self.linear(self.layer_norm(patches)).mean(dim=-2)
 
-    def load_from_dual(self, dual) -> None:
-        self.load_state_dict(dual.patch_projection.state_dict())
-
 
 class AlignedTextTowerConfig(PreTrainedConfig):
     model_type = "ppllava_aligned_text"

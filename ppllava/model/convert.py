@@ -23,12 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import logging as hf_logging
 from transformers import (AutoTokenizer, InternVLForConditionalGeneration, LlavaNextForConditionalGeneration,
                           LlavaOnevisionForConditionalGeneration)
 
-from .checkpoint import PROMPT_TOKENIZER_DIR, save_weights
+from .checkpoint import PROMPT_TOKENIZER_DIR, check_shapes, save_weights
 from .config import PPLLaVAConfig
 from .context import KEEP, STRETCH, extend_positions, extended_length
+from .mapping import Ledger, Rule, UnmappedTensor
 from .towers import family_of_dual, family_of_vision
 
 log = logging.getLogger(__name__)
@@ -49,19 +51,33 @@ def _internvl_fields(base_config) -> dict:
     return {"pixel_shuffle": merge, "projector_layer_norm": True, "video_kernel": [2, 2, 2], "image_kernel": [1, 2, 2]}
 
 
+BASE_RULES = (
+    Rule("model.vision_tower.", "vision_tower.", "the base's vision tower, as it is"),
+    Rule("model.multi_modal_projector.", "multi_modal_projector.", "the base's projector, as it is"),
+    Rule("model.language_model.", "language_model.model.", "the base's LLM, as it is"),
+    Rule("lm_head.", "language_model.lm_head.", "the base's LLM head, as it is"),
+)
+IMAGE_NEWLINE = Rule("model.image_newline", None, "LLaVA's image_newline (a learned token after each row of its 2D "
+                                                  "image layout): PPLLaVA pools a 3D grid that has no row ends")
+
+
 @dataclass(frozen=True)
 class BaseArchitecture:
     model_type: str
     model_class: type
-    dropped: tuple[str, ...] = ()       # base parameters PPLLaVA does not use
+    rules: tuple[Rule, ...] = BASE_RULES    # where each base tensor goes (model/mapping.py)
     config_fields: Callable[[object], dict] = _no_fields    # PPLLaVAConfig fields the base's config decides
 
 
 BASES = {b.model_type: b for b in (
-    BaseArchitecture("llava_next", LlavaNextForConditionalGeneration, ("image_newline",)),
-    BaseArchitecture("llava_onevision", LlavaOnevisionForConditionalGeneration, ("image_newline",)),
+    BaseArchitecture("llava_next", LlavaNextForConditionalGeneration, (*BASE_RULES, IMAGE_NEWLINE)),
+    BaseArchitecture("llava_onevision", LlavaOnevisionForConditionalGeneration, (*BASE_RULES, IMAGE_NEWLINE)),
     BaseArchitecture("internvl", InternVLForConditionalGeneration, config_fields=_internvl_fields),
 )}
+REPORT = "conversion.json"
+# what a Hub folder's tokenizer is read from: the fast tokenizer's file or a slow tokenizer's vocabulary
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json",
+                   "vocab.txt")
 
 
 def read_config(directory: str | Path, role: str) -> dict:
@@ -76,10 +92,6 @@ def base_architecture(config: dict) -> BaseArchitecture:
     if model_type not in BASES:
         raise ValueError(f"unknown base architecture {model_type!r}; supported: {', '.join(BASES)}")
     return BASES[model_type]
-
-
-def _prefixed(prefix: str, state: dict) -> dict:
-    return {prefix + k: v for k, v in state.items()}
 
 
 def build_config(base, dual, keep: int, stretch: int) -> PPLLaVAConfig:
@@ -119,31 +131,56 @@ def build_config(base, dual, keep: int, stretch: int) -> PPLLaVAConfig:
     )
 
 
-def build_state(base, dual, config: PPLLaVAConfig, keep: int, stretch: int) -> dict[str, torch.Tensor]:
+def build_state(base, dual, config: PPLLaVAConfig, keep: int, stretch: int) -> Ledger:
+    """The PPLLaVA state dict of a loaded base and dual model, and the record of where every tensor went."""
     family = config.tower_family()
-    state = {}
-    state.update(_prefixed("vision_tower.", base.model.vision_tower.state_dict()))
-    state.update(_prefixed("multi_modal_projector.", base.model.multi_modal_projector.state_dict()))
-    state.update(_prefixed("language_model.model.", base.model.language_model.state_dict()))
-    state["language_model.lm_head.weight"] = base.lm_head.weight.detach()
-    text = family.text_state_from_dual(dual)
-    position_key = family.position_embedding_path + ".weight"
-    text[position_key] = extend_positions(text[position_key], keep, stretch)
-    state.update(_prefixed("prompt_pooling.prompt_tower.", text))
-    projection = family.build_patch_projection(config)
-    projection.load_from_dual(dual)
-    state.update(_prefixed("prompt_pooling.patch_projection.", projection.state_dict()))
-    return {k: v.detach() for k, v in state.items()}
+    ledger = Ledger()
+    ledger.apply("base", base.state_dict(), BASES[base.config.model_type].rules)
+    ledger.apply("text tower", dual.state_dict(), family.dual_rules)
+    position_key = "prompt_pooling.prompt_tower." + family.position_embedding_path + ".weight"
+    table = ledger.state[position_key]
+    ledger.state[position_key] = extend_positions(table, keep, stretch)
+    source = next(r["name"] for r in ledger.rows if r.get("to") == position_key)
+    ledger.note("text tower", source, f"positions extended {len(table)} -> {len(ledger.state[position_key])} "
+                                      f"(first {keep} kept, stretched {stretch}x beyond)")
+    check_shapes(config, {k: tuple(v.shape) for k, v in ledger.state.items()}, "the converted state")
+    return ledger
+
+
+def _load(model_class, directory, role: str, **kwargs):
+    """from_pretrained that refuses a folder whose tensors do not fit the architecture exactly: a missing tensor
+    would silently be random, an unexpected one silently dropped."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()                # its load report: the error below says the same in one line
+    try:
+        model, info = model_class.from_pretrained(directory, output_loading_info=True, ignore_mismatched_sizes=True,
+                                                  **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    for kind, what in (("missing_keys", "lacks tensors its config.json needs (they would be random)"),
+                       ("unexpected_keys", "holds tensors its config.json's architecture does not have"),
+                       ("mismatched_keys", "holds tensors of other shapes than its config.json says")):
+        names = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get(kind) or ())
+        if names:
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            raise UnmappedTensor(f"{role} {directory} {what}: {', '.join(names[:3])}{more}")
+    return model
 
 
 def _copy_tokenizers(base_dir, text_tower_dir, out: Path, prompt_length: int) -> None:
-    for source, target, kwargs in ((base_dir, out, {}),
-                                   (text_tower_dir, out / PROMPT_TOKENIZER_DIR, {"model_max_length": prompt_length})):
+    """The LLM's tokenizer and the prompt tower's (its length the extended one); a folder without a usable
+    tokenizer cannot answer, so that is an error, not a warning."""
+    for source, role, target, kwargs in ((base_dir, "base", out, {}),
+                                         (text_tower_dir, "text tower", out / PROMPT_TOKENIZER_DIR,
+                                          {"model_max_length": prompt_length})):
+        if not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
+            # transformers would build an empty tokenizer of the config's class from nothing
+            raise ValueError(f"{role} {source}: no tokenizer files (one of {', '.join(TOKENIZER_FILES)})")
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        except (OSError, ValueError) as e:
-            log.warning("no tokenizer copied from %s (%s): add one to %s before inference", source, e, target)
-            continue
+        except (OSError, ValueError, ImportError, TypeError, KeyError) as e:
+            cause = " ".join(str(e).split())[:300]
+            raise ValueError(f"{role} {source}: its tokenizer cannot be loaded ({type(e).__name__}: {cause})") from e
         tokenizer.save_pretrained(target)
 
 
@@ -156,19 +193,21 @@ def convert(base_dir, text_tower_dir, out_dir, keep: int = KEEP, stretch: int = 
     out.parent.mkdir(parents=True, exist_ok=True)
     architecture = base_architecture(read_config(base_dir, "base"))
     family = family_of_dual(read_config(text_tower_dir, "text tower").get("model_type"))
-    base = architecture.model_class.from_pretrained(base_dir, dtype=dtype or "auto")
-    dual = family.dual_class.from_pretrained(text_tower_dir, dtype=base.dtype)
+    base = _load(architecture.model_class, base_dir, "base", dtype=dtype or "auto")
+    dual = _load(family.dual_class, text_tower_dir, "text tower", dtype=base.dtype)
     config = build_config(base, dual, keep, stretch)
     config.dtype = base.dtype
-    state = build_state(base, dual, config, keep, stretch)
+    ledger = build_state(base, dual, config, keep, stretch)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.partial-") as tmp:
-        save_weights(config, state, tmp, base.dtype, "converted weights")
         _copy_tokenizers(base_dir, text_tower_dir, Path(tmp), config.prompt_config.max_position_embeddings)
+        save_weights(config, ledger.state, tmp, base.dtype, "converted weights")
+        report = {"base": str(base_dir), "text_tower": str(text_tower_dir), "dtype": str(base.dtype).removeprefix("torch."),
+                  "relevance_scale": config.relevance_scale, "summary": ledger.summary(), "tensors": ledger.rows}
+        (Path(tmp) / REPORT).write_text(json.dumps(report, indent=1), encoding="utf-8")
         if (Path(base_dir) / "generation_config.json").is_file():   # the base's stop tokens and defaults
             shutil.copy2(Path(base_dir) / "generation_config.json", Path(tmp) / "generation_config.json")
         if out.exists():
             out.rmdir()                                  # empty (checked above)
         os.replace(tmp, out)                             # the folder appears complete or not at all
-    if architecture.dropped:
-        log.info("dropped base parameters PPLLaVA does not use: %s", ", ".join(architecture.dropped))
+    log.info("convert: %s (every row in %s)", ledger.summary(), out / REPORT)
     return config

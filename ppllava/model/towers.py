@@ -14,6 +14,12 @@ from transformers import CLIPModel, CLIPTextModelWithProjection, SiglipModel, Si
 from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
 
 from .aligned import AlignedTextTower, InternVLPatchProjection
+from .mapping import Rule
+
+DUAL_VISION = "the dual model's own vision tower (the base's vision tower makes the features)"
+SCALE = Rule("logit_scale", None, "exp(logit_scale) -> config.relevance_scale", config="relevance_scale")
+BIAS = Rule("logit_bias", None, "the sigmoid loss's logit_bias: one constant added to every position's logit, "
+                                "it cancels in the relevance softmax")
 
 
 class CLIPPatchProjection(nn.Module):
@@ -26,10 +32,6 @@ class CLIPPatchProjection(nn.Module):
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         return self.visual_projection(self.post_layernorm(patches))
-
-    def load_from_dual(self, dual) -> None:
-        self.post_layernorm.load_state_dict(dual.vision_model.post_layernorm.state_dict())
-        self.visual_projection.load_state_dict(dual.visual_projection.state_dict())
 
 
 class SiglipPatchProjection(nn.Module):
@@ -47,10 +49,6 @@ class SiglipPatchProjection(nn.Module):
         tokens = self.post_layernorm(patches).reshape(-1, 1, shape[-1])
         return self.head(tokens).reshape(*shape[:-1], -1)
 
-    def load_from_dual(self, dual) -> None:
-        self.post_layernorm.load_state_dict(dual.vision_model.post_layernorm.state_dict())
-        self.head.load_state_dict(dual.vision_model.head.state_dict())
-
 
 class TowerFamily:
     """What PPLLaVA needs to know about one dual-encoder family. Subclasses fill in the class attributes."""
@@ -64,6 +62,7 @@ class TowerFamily:
     patch_projection: type          # nn.Module mapping patch tokens into the text space
     position_embedding_path: str    # the text tower's position table, as a submodule path
     pad_prompts_to_max: bool        # tokenize prompts to max length (SigLIP) or to the longest (CLIP)
+    dual_rules: tuple[Rule, ...]    # where `convert` puts each tensor of the dual model (model/mapping.py)
 
     def text_dim(self, text_config) -> int:
         raise NotImplementedError
@@ -84,16 +83,22 @@ class TowerFamily:
         """(B, L) prompt ids -> (B, C) pooled, projected text features."""
         raise NotImplementedError
 
-    def text_state_from_dual(self, dual) -> dict[str, torch.Tensor]:
-        """The text tower's state dict, in `text_class`'s key layout, taken from a loaded dual model."""
-        raise NotImplementedError
-
 
 class ClipFamily(TowerFamily):
     name, vision_model_type, text_model_type, dual_model_type = "clip", "clip_vision_model", "clip_text_model", "clip"
     text_class, dual_class, patch_projection = CLIPTextModelWithProjection, CLIPModel, CLIPPatchProjection
     position_embedding_path = "text_model.embeddings.position_embedding"
     pad_prompts_to_max = False
+    dual_rules = (
+        Rule("text_model.", "prompt_pooling.prompt_tower.text_model.", "CLIP text tower -> prompt tower"),
+        Rule("text_projection.", "prompt_pooling.prompt_tower.text_projection.", "text projection -> prompt tower"),
+        Rule("vision_model.post_layernorm.", "prompt_pooling.patch_projection.post_layernorm.",
+             "vision post-LayerNorm -> per-patch projection"),
+        Rule("visual_projection.", "prompt_pooling.patch_projection.visual_projection.",
+             "visual projection -> per-patch projection"),
+        SCALE,
+        Rule("vision_model.", None, DUAL_VISION),
+    )
 
     def text_dim(self, text_config):
         return text_config.projection_dim
@@ -104,17 +109,21 @@ class ClipFamily(TowerFamily):
     def text_embeds(self, tower, input_ids, attention_mask):
         return tower(input_ids=input_ids, attention_mask=attention_mask).text_embeds
 
-    def text_state_from_dual(self, dual):
-        state = {f"text_model.{k}": v for k, v in dual.text_model.state_dict().items()}
-        state.update({f"text_projection.{k}": v for k, v in dual.text_projection.state_dict().items()})
-        return state
-
 
 class SiglipFamily(TowerFamily):
     name, vision_model_type, text_model_type, dual_model_type = "siglip", "siglip_vision_model", "siglip_text_model", "siglip"
     text_class, dual_class, patch_projection = SiglipTextModel, SiglipModel, SiglipPatchProjection
     position_embedding_path = "embeddings.position_embedding"
     pad_prompts_to_max = True
+    dual_rules = (
+        Rule("text_model.", "prompt_pooling.prompt_tower.", "SigLIP text tower (with its head) -> prompt tower"),
+        Rule("vision_model.post_layernorm.", "prompt_pooling.patch_projection.post_layernorm.",
+             "vision post-LayerNorm -> per-patch projection"),
+        Rule("vision_model.head.", "prompt_pooling.patch_projection.head.",
+             "vision attention-pooling head -> per-patch projection"),
+        SCALE, BIAS,
+        Rule("vision_model.", None, DUAL_VISION),
+    )
 
     def text_dim(self, text_config):
         return text_config.projection_size
@@ -127,14 +136,16 @@ class SiglipFamily(TowerFamily):
         # position; passing the mask would change every prompt's features.
         return tower(input_ids=input_ids).pooler_output
 
-    def text_state_from_dual(self, dual):
-        return dict(dual.text_model.state_dict())
-
 
 class InternVLFamily(ClipFamily):
     """InternViT (InternVL3) + a CLIP text tower aligned to it by `ppllava align` (model/aligned.py)."""
     name, vision_model_type, dual_model_type = "internvl", "internvl_vision", "ppllava_aligned_text"
     dual_class, patch_projection = AlignedTextTower, InternVLPatchProjection
+    dual_rules = (
+        Rule("text_tower.", "prompt_pooling.prompt_tower.", "aligned CLIP text tower -> prompt tower"),
+        Rule("patch_projection.", "prompt_pooling.patch_projection.", "aligned patch projection"),
+        SCALE, BIAS,
+    )
 
     def patch_dim(self, vision_config):
         return None                                   # learned into the text space, whatever its width
@@ -146,9 +157,6 @@ class InternVLFamily(ClipFamily):
     def vision_features(self, outputs, layer):
         # as InternVL: the last layer is last_hidden_state (after the tower's final norm, when it has one)
         return outputs.last_hidden_state if layer == -1 else outputs.hidden_states[layer]
-
-    def text_state_from_dual(self, dual):
-        return dict(dual.text_tower.state_dict())
 
 
 FAMILIES: dict[str, TowerFamily] = {f.name: f for f in (ClipFamily(), SiglipFamily(), InternVLFamily())}
