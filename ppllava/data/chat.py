@@ -64,7 +64,18 @@ class ChatEncoder:
 
     @classmethod
     def for_config(cls, tokenizer, config) -> "ChatEncoder":
-        return cls(tokenizer, config.image_token_id, config.video_token_id)
+        """The marks are the tokenizer's own strings of the model's placeholder ids (`<image>` for LLaVA,
+        `<IMG_CONTEXT>` for InternVL)."""
+        marks = {}
+        for kind, token_id in (("image", config.image_token_id), ("video", config.video_token_id)):
+            if token_id is None:
+                continue
+            token = tokenizer.convert_ids_to_tokens(token_id) if 0 <= token_id < len(tokenizer) else None
+            if not token:
+                raise DataError(f"the model's {kind}_token_id {token_id} is not a token of its tokenizer "
+                                f"({len(tokenizer)} tokens): the tokenizer does not belong to this model")
+            marks[f"{kind}_token"] = token
+        return cls(tokenizer, config.image_token_id, config.video_token_id, **marks)
 
     def render(self, messages, add_generation_prompt: bool = False) -> str:
         chat = [{"role": m["role"], "content": _text(m, self.marks)} for m in messages]
