@@ -136,3 +136,19 @@ def test_an_unreadable_tokenizer_exits_2_and_writes_nothing(folders, tmp_path, c
     err = error_lines(capsys.readouterr().err)
     assert len(err) == 1 and f"{role} {folder}: " in err[0] and "tokenizer" in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip", "next"]
+
+
+def test_weights_are_written_without_a_second_copy_unless_they_share_storage():
+    from ppllava.model.checkpoint import writable_state
+
+    flat = torch.arange(10.0)
+    own, other = torch.ones(3, 2), torch.zeros(4)
+    state = {"own": own, "view": flat[2:6], "whole_flat": flat, "again": own, "cast": other.half()}
+    out = writable_state(state, torch.float32)
+    assert out["own"].data_ptr() == own.data_ptr()                        # passed through: no copy
+    assert out["whole_flat"].data_ptr() != out["view"].data_ptr()
+    ptrs = [t.untyped_storage().data_ptr() for t in out.values()]
+    assert len(set(ptrs)) == len(ptrs)                                    # every tensor has its own storage
+    for name, tensor in out.items():
+        assert tensor.dtype == torch.float32 and torch.equal(tensor, state[name].float()), name
+        assert tensor.untyped_storage().nbytes() == tensor.numel() * 4

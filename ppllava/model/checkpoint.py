@@ -83,15 +83,32 @@ def load_tokenizers(directory: str | Path):
     return tuple(found)
 
 
+def writable_state(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """`state` in `dtype`, each tensor with a storage of its own, as safetensors needs (DeepSpeed's consolidated
+    weights can be views of one flat buffer). Tensors that already are so are passed through, not copied: a
+    converted 7B model is held in memory once, not twice."""
+    out, seen = {}, set()
+    for name, tensor in state.items():
+        tensor = tensor.detach()
+        storage = tensor.untyped_storage()
+        whole = (tensor.is_contiguous() and tensor.storage_offset() == 0
+                 and storage.nbytes() == tensor.numel() * tensor.element_size())
+        if tensor.dtype != dtype:
+            tensor = tensor.to(dtype)
+        elif not whole or storage.data_ptr() in seen:
+            tensor = tensor.clone()
+        seen.add(tensor.untyped_storage().data_ptr())
+        out[name] = tensor
+    return out
+
+
 def save_weights(config: PPLLaVAConfig, state: dict[str, torch.Tensor], directory: str | Path,
                  dtype: torch.dtype, what: str = "weights") -> None:
     """Write config.json and the safetensors weights of `state` (checked against the config) to `directory`."""
     config.npu_fused_kernels = None  # the machine that loads the folder chooses its kernels
     tied = {TIED_HEAD} if config.text_config.tie_word_embeddings else set()
     check_shapes(config, {k: tuple(v.shape) for k, v in state.items()}, what, tied)
-    # own storage per tensor (DeepSpeed's consolidated weights can be views of one flat buffer, which
-    # safetensors refuses), one copy of tied embeddings
-    state = {k: v.to(dtype, copy=True) for k, v in state.items() if k not in tied}
+    state = writable_state({k: v for k, v in state.items() if k not in tied}, dtype)   # one copy of tied embeddings
     config.dtype = dtype
     config.architectures = [PPLLaVAForConditionalGeneration.__name__]
     save_torch_state_dict(state, str(directory))
