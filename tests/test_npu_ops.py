@@ -33,6 +33,7 @@ SHAPES = [
     ((1, 1, 1), None, (2, 3, 3)),
 ]
 TOLERANCE = {torch.float32: {"rtol": 1e-5, "atol": 1e-6}, torch.bfloat16: {"rtol": 2**-7, "atol": 1e-5}}
+RELATIVE_GRAD_ATOL = {torch.float32: 2e-5, torch.bfloat16: 2**-7}   # of the gradient's largest element
 
 
 def _grads(fn, *tensors, cotangent_seed=7):
@@ -73,16 +74,25 @@ def test_pool_matches_the_loop_oracle_and_gradcheck_in_float64(kernel, stride, s
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("masked", [False, True])
 def test_relevance_matches_native_forward_and_backward(dtype, masked):
+    """The gradients pass through a softmax of 100 x cos: float32 rounding reaches about 4e-6 of a gradient's
+    largest element in both implementations (measured on a Xeon and an EPYC), which no element-wise 1e-6 can
+    hold on every CPU. So each is held to the float64 result, and npu to no worse than twice native's error."""
     gen = torch.Generator().manual_seed(2)
     video = torch.randn(2, 4, 5, 5, 32, generator=gen).to(dtype)
     text = torch.randn(2, 32, generator=gen).to(dtype)
     mask = torch.tensor([[True, True, True, False], [True] * 4]) if masked else None
     out, grads = _grads(lambda v, t: relevance_npu(v, t, 100.0, mask), video, text)
     ref, ref_grads = _grads(lambda v, t: relevance_native(v, t, 100.0, mask), video, text)
+    exact, exact_grads = _grads(lambda v, t: relevance_native(v, t, 100.0, mask), video.double(), text.double())
     assert out.dtype == dtype and (not masked or (out[0, 3] == 0).all())
     torch.testing.assert_close(out, ref, **TOLERANCE[dtype])
-    for got, expected in zip(grads, ref_grads):
-        torch.testing.assert_close(got, expected, **TOLERANCE[dtype])
+    for got, expected, truth in zip(grads, ref_grads, exact_grads):
+        scale = float(truth.abs().max())
+        torch.testing.assert_close(got, expected, rtol=TOLERANCE[dtype]["rtol"],
+                                   atol=max(TOLERANCE[dtype]["atol"], RELATIVE_GRAD_ATOL[dtype] * scale))
+        if dtype == torch.float32:
+            npu_error, native_error = (float((g.double() - truth).abs().max()) for g in (got, expected))
+            assert npu_error <= 2 * native_error + 1e-7 * scale, (npu_error, native_error)
 
 
 def test_relevance_matches_the_loop_oracle_in_float64():

@@ -29,7 +29,7 @@ def test_small_values_are_compared_absolutely():
     g = torch.tensor([1.0, 1e-9])
     a = torch.tensor([1.0, 2e-9])  # 100% relative error on a value far below the tensor's scale
     r = compare(a, g, torch.float32)
-    assert r.ok and r.max_rel == pytest.approx(1e-9 / 1e-3 / (0.5 ** 0.5), rel=1e-3)
+    assert r.ok and r.max_rel == pytest.approx(1e-9 / (RMS_FLOOR * 0.5 ** 0.5), rel=1e-3)   # floor: of the rms
 
 
 def test_peers_rules_and_non_finite():

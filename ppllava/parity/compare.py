@@ -3,7 +3,7 @@
 Metrics of a result `a` against a golden `g` (both read as float64):
   cosine      cosine similarity of the flattened tensors
   max_abs     max |a - g|
-  max_rel     max element error e = |a - g| / max(|g|, floor); floor = max(small(dtype), 1e-3 * rms(g)),
+  max_rel     max element error e = |a - g| / max(|g|, floor); floor = max(small(dtype), 1e-2 * rms(g)),
               so values far below the tensor's scale (cancellation in sums) are compared absolutely
   mean_rel    mean element error (MERE)
   off_ratio   fraction of elements with e > off(dtype): 1/1000 for float32 (the peers' "dual
@@ -45,7 +45,9 @@ TOLERANCES = {
 MODEL_COSINE = {torch.float64: 1 - 2**-40, torch.float32: 1 - 2**-20, torch.float16: 1 - 2**-14,
                 torch.bfloat16: 1 - 2**-10}
 OFF_BUDGET = 1e-3  # at most one element in a thousand may be off
-RMS_FLOOR = 1e-3
+# 1e-2: gradients through a softmax of 100 x cos carry float32 rounding of about 4e-6 of their scale (measured
+# on a Xeon and an AMD EPYC); an element at 1e-3 of the rms then reads as 2.5e-3 relative on one CPU and not another
+RMS_FLOOR = 1e-2
 
 
 @dataclass(frozen=True)
