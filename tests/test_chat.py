@@ -32,11 +32,27 @@ def test_labels_are_exactly_the_answers_and_end_of_turn(tokenizer):
     learned = enc.labels[enc.labels != IGNORE]
     assert tokenizer.decode(learned) == "the cat sits on the red mat<|im_end|>\ntwo<|im_end|>\n"
     assert torch.equal(enc.labels[enc.labels != IGNORE], enc.input_ids[enc.labels != IGNORE])
-    # a second reader: the rendered text tokenized with the mark expanded by hand
-    rendered = ChatEncoder(tokenizer, IMAGE, VIDEO).render(CHAT)
-    ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    # a second reader: the ChatML text written out by hand (the template's default system prompt first, the
+    # video mark on its own line before the question), tokenized, the mark expanded to its run by hand
+    by_hand = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+               "<|im_start|>user\n<video>\nwhat happens in the video<|im_end|>\n"
+               "<|im_start|>assistant\nthe cat sits on the red mat<|im_end|>\n"
+               "<|im_start|>user\nhow many people are there<|im_end|>\n"
+               "<|im_start|>assistant\ntwo<|im_end|>\n")
+    assert ChatEncoder(tokenizer, IMAGE, VIDEO).render(CHAT) == by_hand
+    ids = tokenizer(by_hand, add_special_tokens=False)["input_ids"]
     at = ids.index(VIDEO)
-    assert enc.input_ids.tolist() == ids[:at] + [VIDEO] * 5 + ids[at + 1:]
+    assert ids.count(VIDEO) == 1 and enc.input_ids.tolist() == ids[:at] + [VIDEO] * 5 + ids[at + 1:]
+    # the labels, by hand: the two answers with their end of turn learned, everything else ignored
+    first, second = "the cat sits on the red mat<|im_end|>\n", "two<|im_end|>\n"
+    pieces = [(by_hand[:by_hand.index(first)], False), (first, True),
+              (by_hand[by_hand.index(first) + len(first):by_hand.index(second)], False), (second, True)]
+    labels = []
+    for piece, learned in pieces:
+        piece_ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
+        piece_ids = [t for i in piece_ids for t in ([i] * 5 if i == VIDEO else [i])]
+        labels += piece_ids if learned else [IGNORE] * len(piece_ids)
+    assert enc.labels.tolist() == labels
     assert (enc.input_ids == VIDEO).sum() == 5 and (enc.labels[enc.input_ids == VIDEO] == IGNORE).all()
 
 

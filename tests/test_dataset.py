@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 import yaml
-from tiny_checkpoints import llm_tokenizer, make_tokenizer
+from oracles import long_clip_positions
+from tiny_checkpoints import llm_tokenizer, make_tokenizer, save_llava_onevision, save_siglip_pair
 from videos import frame_index, write_frames_folder, write_image, write_text, write_video
 
 from ppllava.data.chat import IGNORE, ChatEncoder
@@ -173,3 +174,72 @@ def test_a_batch_of_skips_only_is_not_yielded():
     assert batch == {"skipped": [Skipped(0, "x.mp4", "empty file")]}
     monitor = SkipMonitor(total=10, max_fraction=0.5)
     assert list(monitor.watch([batch])) == [] and monitor.skipped == 1
+
+
+# -- SigLIP prompts: padded to the full length in the collator and the pipeline ---------------------------------
+def test_siglip_prompts_are_padded_to_the_full_length_and_read_as_siglip_reads_them(tmp_path):
+    """SigLIP's text tower was trained on max-length padded text and pools the last position. The oracle is
+    transformers' SiglipTextModel itself with the dual model's weights and its position table stretched by
+    Long-CLIP's loop (tests/oracles.py), run on ids padded to the full 196 by hand."""
+    from transformers import SiglipTextModel
+
+    from ppllava.infer import Pipeline
+    from ppllava.model.convert import convert
+
+    save_llava_onevision(tmp_path / "ov")
+    dual = save_siglip_pair(tmp_path / "siglip").eval()
+    convert(tmp_path / "ov", tmp_path / "siglip", tmp_path / "ppllava")
+    pipe = Pipeline.load(tmp_path / "ppllava", device="cpu", frames=2)
+    config, tokenizer = pipe.config, pipe.prompt_tokenizer
+    full = 4 * 64 - 3 * 20                                             # SigLIP's 64 positions, stretched
+    assert config.tower_family().name == "siglip" and config.prompt_config.max_position_embeddings == full
+    questions = ["what happens in the video", "how many people are there"]
+    padded = []
+    for q in questions:
+        ids = tokenizer(q)["input_ids"]
+        assert 3 < len(ids) <= 20
+        padded.append(ids + [tokenizer.pad_token_id] * (full - len(ids)))
+    padded = torch.tensor(padded)
+
+    text_config = dual.config.text_config.to_dict()
+    text_config["max_position_embeddings"] = full
+    oracle = SiglipTextModel(type(dual.config.text_config)(**text_config)).eval()
+    state = dict(dual.text_model.state_dict())
+    key = "embeddings.position_embedding.weight"
+    state[key] = long_clip_positions(state[key]).float()
+    oracle.load_state_dict(state)
+    with torch.no_grad():
+        expected = oracle(input_ids=padded).pooler_output
+        unpadded = oracle(input_ids=padded[:1, :len(tokenizer(questions[0])["input_ids"])]).pooler_output
+    assert (unpadded[0] - expected[0]).abs().max() > 0.1               # the padding changes the feature
+
+    seen = []                                                          # what the model's prompt tower reads and gives
+    pipe.model.prompt_pooling.prompt_tower.register_forward_hook(
+        lambda module, args, kwargs, out: seen.append((kwargs["input_ids"], out.pooler_output)), with_kwargs=True)
+    frames = torch.randint(0, 256, (2, 54, 54, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    visual = pipe.from_frames(frames, is_video=True)
+    runs = [config.placeholders(2, True)]
+
+    def message(q):
+        return [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": q}]}]
+
+    # the pipeline: one question
+    inputs = pipe.inputs(visual, message(questions[0]))
+    assert torch.equal(inputs["prompt_input_ids"], padded[:1])
+    with torch.no_grad():
+        pipe.model(**inputs)
+    assert torch.equal(seen[-1][0], padded[:1])
+    torch.testing.assert_close(seen[-1][1], expected[:1], rtol=1e-5, atol=1e-5)
+
+    # the collator: two items of different prompt lengths, both padded to the full length
+    items = []
+    for q in questions:
+        ids = pipe.encoder.encode(message(q), runs, add_generation_prompt=True).input_ids
+        items.append(Item(ids, torch.full_like(ids, IGNORE), pipe.preprocess(frames), (2,), (True,), q, ("x.mp4",)))
+    batch = Collator.for_model(config, pipe.tokenizer, tokenizer)(items)
+    assert torch.equal(batch["prompt_input_ids"], padded)
+    batch.pop("skipped")
+    with torch.no_grad():
+        pipe.model(**batch)
+    assert torch.equal(seen[-1][0], padded)
+    torch.testing.assert_close(seen[-1][1], expected, rtol=1e-5, atol=1e-5)

@@ -13,6 +13,7 @@ from PIL import Image
 from ppllava.cli import main
 from ppllava.infer.explain import BACKGROUND, PAD, explain, layout, render, shares
 from ppllava.model.tiny import save_tiny_checkpoint
+from oracles import relevance_loop
 from videos import pattern, write_video
 
 
@@ -101,14 +102,27 @@ def test_grid_shape_follows_the_columns(bed, tmp_path, capsys):
 
 
 def test_shares_are_the_relevance_per_frame_and_sum_to_one(pipe, bed, tmp_path):
-    summary = explain(pipe, bed["video"], "what happens in the video", tmp_path / "r.png", frames=8)
+    """The shares against a second computation from the model's own towers: the question alone through the
+    CLIP text tower, each patch through CLIP's post-LayerNorm and visual projection, then the slow loop of
+    tests/oracles.py (normalise, cosine, one softmax over all 8 x 24 x 24 positions), summed per frame."""
+    question = "what happens in the video"
+    summary = explain(pipe, bed["video"], question, tmp_path / "r.png", frames=8)
     visual = pipe.read(bed["video"], 8)
-    relevance = pipe.relevance(visual, "what happens in the video")
-    expected = [float(relevance[t].double().sum()) for t in range(8)]
-    assert summary["frames"] == visual.indices
-    assert summary["shares"] == pytest.approx(expected, abs=1e-6)
+    towers = pipe.model.prompt_pooling
+    ids = pipe.prompt_tokenizer(question, return_tensors="pt")["input_ids"]
+    assert ids[0, 0] == 0 and ids[0, -1] == 1                                     # <|startoftext|> ... <|endoftext|>
+    with torch.no_grad():
+        text = towers.prompt_tower(input_ids=ids).text_embeds                     # (1, 16)
+        projection = towers.patch_projection
+        patches = projection.visual_projection(projection.post_layernorm(visual.patches))   # (8, 24, 24, 16)
+    relevance = relevance_loop(patches[None], text, pipe.config.relevance_scale)[0]
+    expected = relevance.sum(dim=(1, 2)).tolist()
+    assert pipe.config.relevance_scale == 100.0 and max(expected) > 0.3 > 0.01 > min(expected)   # far from uniform
+    assert summary["frames"] == visual.indices == [0, 2, 3, 5, 6, 8, 9, 11]       # centres of 8 segments of 12
+    assert summary["shares"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
     assert sum(summary["shares"]) == pytest.approx(1.0, abs=1e-5)
     assert summary["peak_frame"] == visual.indices[max(range(8), key=expected.__getitem__)]
+    assert summary["peak_share"] == pytest.approx(max(expected), rel=1e-4)
 
 
 # -- render --------------------------------------------------------------------------------------------------

@@ -4,13 +4,17 @@ against hand-computed values; a 2-process eval gathers the same results as one p
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from infer_models import STOPS, greedy_by_hand, save_talkative_checkpoint
 
 from ppllava.cli import main
 from ppllava.evaluate import LETTERS, Question, accuracy, answer_all, extract_choice, load_benchmark, mc_prompt
@@ -18,6 +22,7 @@ from ppllava.model.tiny import save_tiny_checkpoint
 from videos import write_text, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
+TWO_PROCESS_DEADLINE_S = 900          # the 2-process eval takes 10-30 s on 2 cores: a deadline for a hang, not a timing
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +34,15 @@ def bed(tmp_path_factory):
     return {"root": root, "model": save_tiny_checkpoint(root / "model")}
 
 
+@pytest.fixture(scope="module")
+def talk(bed):
+    """The talkative tiny checkpoint (tests/infer_models.py): greedy answers of varied words, no natural stop."""
+    from ppllava.infer import Pipeline
+
+    model = save_talkative_checkpoint(bed["root"] / "talkative")
+    return {"model": model, "pipe": Pipeline.load(model, frames=4)}
+
+
 def one_line_error(capsys, argv, needle):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -36,13 +50,50 @@ def one_line_error(capsys, argv, needle):
 
 
 # -- infer ---------------------------------------------------------------------------------------------
-def test_infer_answers_and_json_parses(bed, capsys):
-    assert main(["infer", "--model", str(bed["model"]), "--video", str(bed["root"] / "v0.mp4"), "--prompt",
-                 "what happens in the video", "--frames", "4", "--max-new-tokens", "5", "--json"]) == 0
+def test_infer_answers_the_greedy_tokens_streamed_and_as_json(bed, talk, capsys):
+    video, prompt = bed["root"] / "v0.mp4", "what happens in the video"
+    pipe = talk["pipe"]
+    tokens = greedy_by_hand(pipe, pipe.read(video), prompt, 5)
+    text = pipe.tokenizer.decode(tokens)
+    assert len(tokens) == 5 and len(text.strip()) >= 5 and text.strip().replace(" ", "").isalpha()   # words, no stop
+    argv = ["infer", "--model", str(talk["model"]), "--video", str(video), "--prompt", prompt, "--frames", "4",
+            "--max-new-tokens", "5"]
+    assert main(argv + ["--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["tokens"] == 5 and isinstance(out["answer"], str)
+    assert out["answer"] == text.strip() and out["tokens"] == 5
     assert out["visual_tokens"] == 2 * 8 * 8                               # 4 frames, (2,3,3) on 24x24
     assert set(out["seconds"]) == {"decode", "vision", "first_token", "generate"}
+    assert main(argv) == 0                                                 # streamed: the pieces, then a newline
+    assert capsys.readouterr().out == text + "\n"
+
+
+@pytest.mark.parametrize("stop", STOPS)
+def test_the_answer_ends_at_a_stop_token_the_model_generates(bed, talk, stop):
+    """The LM head is biased to make `stop` the third token: the answer is the two tokens before it, and
+    generation ends there (no fourth step). Without the bias the model would go on (checked first)."""
+    pipe, question = talk["pipe"], "how many people are there"
+    visual = pipe.read(bed["root"] / "v2.mp4")
+    free = greedy_by_hand(pipe, visual, question, 6)
+    assert len(free) == 6                                                  # no stop of its own
+    stop_id, steps = pipe.tokenizer.convert_tokens_to_ids(stop), []
+
+    def force(module, args, logits):
+        steps.append(logits.shape[1])
+        if len(steps) == 3:                                                # the step that picks the third token
+            logits = logits.clone()
+            logits[:, -1, stop_id] += 1e4
+        return logits
+
+    pieces = []
+    handle = pipe.model.language_model.lm_head.register_forward_hook(force)
+    try:
+        answer = pipe.ask(visual, question, max_new_tokens=6, stream=pieces.append)
+    finally:
+        handle.remove()
+    expected = pipe.tokenizer.decode(free[:2])
+    assert expected.strip() and (answer.text, answer.tokens) == (expected.strip(), 2)
+    assert "".join(pieces) == expected
+    assert len(steps) == 3, f"generation went on for {len(steps)} steps after the stop token"
 
 
 def test_chat_reuses_the_frames_and_follows_the_question(bed):
@@ -136,11 +187,16 @@ def test_accuracy_by_hand():
     rows = answer_all(Scripted(answers), qs, progress=False)
     assert [r["choice"] for r in rows] == ["A", "C", "C", None, "B"]
     result = accuracy(rows)
-    assert result["accuracy"] == pytest.approx(3 / 5) and result["unparsed"] == 1
-    assert result["per_category"] == {"count": {"accuracy": 0.5, "n": 2}, "order": {"accuracy": pytest.approx(2 / 3), "n": 3}}
-    assert result["per_group"] == {}
-    broken = answer_all(Scripted(answers), [Question("b", "broken.mp4", "q", ("x", "y"), 0, "c")], progress=False)
-    assert broken[0]["correct"] is False and "not a video" in broken[0]["error"]
+    assert result == {"accuracy": pytest.approx(3 / 5), "scored": 5, "total": 5, "unparsed": 1, "per_group": {},
+                      "per_category": {"count": {"accuracy": 0.5, "n": 2},
+                                       "order": {"accuracy": pytest.approx(2 / 3), "n": 3}}}
+    broken = answer_all(Scripted(answers), [Question("b", "broken.mp4", "q", ("x", "y"), 0, "count")], progress=False)
+    assert broken[0]["correct"] is False and broken[0]["choice"] is None and "not a video" in broken[0]["error"]
+    # an error row is scored as wrong, and it is not an unparsed answer: there was no answer
+    assert accuracy(rows + broken) == {"accuracy": pytest.approx(3 / 6), "scored": 6, "total": 6, "unparsed": 1,
+                                       "per_group": {},
+                                       "per_category": {"count": {"accuracy": pytest.approx(1 / 3), "n": 3},
+                                                        "order": {"accuracy": pytest.approx(2 / 3), "n": 3}}}
 
 
 def test_shards_keep_each_video_on_one_process():
@@ -208,6 +264,32 @@ def test_public_layouts_mvbench_task_folders_and_windows_nextqa_id_map(tmp_path,
 
 
 # -- eval end to end ------------------------------------------------------------------------------------
+def run_to_exit(argv, deadline_s, **kwargs):
+    """(returncode, stderr) of a command waited on until it exits. Past `deadline_s` its whole process tree is
+    killed (torchrun's workers run in sessions of their own) and the test fails saying so."""
+    import psutil
+
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **kwargs)
+    try:
+        _, stderr = proc.communicate(timeout=deadline_s)
+    except subprocess.TimeoutExpired:
+        try:
+            tree = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            tree = []
+        for p in tree:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        proc.kill()
+        _, stderr = proc.communicate()
+        pytest.fail(f"{' '.join(map(str, argv[:6]))} ... did not exit within the {deadline_s} s deadline; its "
+                    f"processes were killed. stderr tail:\n{stderr[-3000:]}")
+    return proc.returncode, stderr
+
+
 @pytest.fixture(scope="module")
 def benchmark(bed):
     path = bed["root"] / "bench.jsonl"
@@ -219,27 +301,43 @@ def benchmark(bed):
     return path
 
 
-def _check_scored(result):
-    rows = result["questions"]
-    assert [r["id"] for r in rows] == [str(i) for i in range(6)] + ["x"]
-    right = sum(r["choice"] == r["answer"] for r in rows)                 # recomputed by hand from the rows
-    assert result["accuracy"] == pytest.approx(right / 7) and result["errors"] == 1
-    for duration in ("short", "long"):
-        these = [r for r in rows if r["group"] == duration]
-        assert result["per_group"][duration] == {"accuracy": pytest.approx(
-            sum(r["choice"] == r["answer"] for r in these) / len(these)), "n": len(these)}
-    for r in rows[:6]:
-        parsed = extract_choice(r["output"], ("a cat", "a dog", "a person cooking"))
-        assert r["choice"] == (None if parsed is None else "ABC"[parsed])
+# The answers the scripted eval gives per video, and what they must score as, worked out by hand from the
+# benchmark rows above (question i: video v{i % 3}, answer "ABC"[i % 3], category count/order by i % 2,
+# duration short/short/long by i % 3; "x" is question 0 on the unreadable video).
+SCRIPT = {"v0.mp4": "A", "v1.mp4": "(C) a person cooking", "v2.mp4": "a cat or a dog"}   # right, wrong, unparsed
+CHOICES = ["A", "C", None, "A", "C", None, None]
+CORRECT = [True, False, False, True, False, False, False]
 
 
-def test_eval_writes_results_that_check_by_hand(bed, benchmark, tmp_path, capsys):
+def test_eval_writes_results_that_check_by_hand(bed, benchmark, tmp_path, capsys, monkeypatch):
+    from ppllava.infer import Pipeline
+
+    real, asked = Pipeline.ask, []
+
+    def scripted(self, visual, question, **kwargs):
+        answer = real(self, visual, question, **kwargs)              # the model still answers; the script replaces it
+        asked.append(Path(visual.path).name)
+        return dataclasses.replace(answer, text=SCRIPT[Path(visual.path).name])
+
+    monkeypatch.setattr(Pipeline, "ask", scripted)
     out = tmp_path / "results.json"
     assert main(["eval", "--benchmark", "videomme", "--data", str(benchmark), "--model", str(bed["model"]),
                  "--out", str(out), "--frames", "4", "--max-new-tokens", "4"]) == 0
     result = json.loads(out.read_text())
-    _check_scored(result)
-    assert "videomme: accuracy" in capsys.readouterr().out
+    assert sorted(asked) == sorted(f"v{i % 3}.mp4" for i in range(6))    # the unreadable video never reaches ask
+    rows = result.pop("questions")
+    assert [r["id"] for r in rows] == [str(i) for i in range(6)] + ["x"]
+    assert [r["choice"] for r in rows] == CHOICES and [r["correct"] for r in rows] == CORRECT
+    assert [r["answer"] for r in rows] == list("ABCABCA") and ["error" in r for r in rows] == [False] * 6 + [True]
+    assert [r["output"] for r in rows] == [SCRIPT[f"v{i % 3}.mp4"] for i in range(6)] + [None]
+    assert result == {"benchmark": "videomme", "accuracy": pytest.approx(2 / 7), "scored": 7, "total": 7,
+                      "unparsed": 2, "errors": 1, "processes": 1,
+                      "per_category": {"count": {"accuracy": pytest.approx(1 / 4), "n": 4},     # 0 right; 2, 4, x not
+                                       "order": {"accuracy": pytest.approx(1 / 3), "n": 3}},    # 3 right; 1, 5 not
+                      "per_group": {"long": {"accuracy": 0.0, "n": 2},                          # 2, 5
+                                    "short": {"accuracy": pytest.approx(2 / 5), "n": 5}}}       # 0, 3 of 0, 1, 3, 4, x
+    assert ("videomme: accuracy 28.57% over 7 scored of 7 questions (2 answers named no option, 1 unreadable videos; "
+            "1 process(es))") in capsys.readouterr().out
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
 
 
@@ -249,16 +347,16 @@ def test_eval_two_processes_gather_the_same_results(bed, benchmark, tmp_path):
               "--max-new-tokens", "4"]
     assert main(["eval", *common, "--out", str(one)]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "ppllava", "eval", *common, "--out", str(two)], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    returncode, stderr = run_to_exit([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                                      "2", "-m", "ppllava", "eval", *common, "--out", str(two)],
+                                     TWO_PROCESS_DEADLINE_S, env=env, cwd=ROOT)
+    assert returncode == 0, stderr[-3000:]
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert b["processes"] == 2 and a["questions"] == b["questions"] and a["accuracy"] == b["accuracy"]
 
 
 # -- the lmms-eval adapter (without lmms-eval: its requests are plain objects) -----------------------------
-def test_lmms_adapter_answers_generate_until_requests(bed):
+def test_lmms_adapter_answers_generate_until_requests_cut_at_until(bed, talk):
     from PIL import Image
 
     from ppllava.evaluate.lmms_adapter import Adapter
@@ -267,17 +365,29 @@ def test_lmms_adapter_answers_generate_until_requests(bed):
         def __init__(self, *args):
             self.args = args
 
-    adapter = Adapter(model=str(bed["model"]), frames="4", max_new_tokens="3")
+    adapter = Adapter(model=str(talk["model"]), frames="4", max_new_tokens="3")
     frames = [Image.new("RGB", (64, 48), (10 * i, 0, 0)) for i in range(10)]
-    docs = {"v": {"test": [{"video": str(bed["root"] / "v0.mp4")}, {"image": Image.new("RGB", (64, 48), "red")},
-                           {"frames": frames}]}}
+    image = Image.new("RGB", (64, 48), "red")
+    docs = {"v": {"test": [{"video": str(bed["root"] / "v0.mp4")}, {"image": image}, {"frames": frames}]}}
     adapter.task_dict = docs
-    requests = [Request("what happens in the video", {"max_new_tokens": 2, "until": "\n\n"},
-                        lambda doc: [doc["video"]], 0, "v", "test"),
+    # the un-cut answers, from the Pipeline itself
+    pipe, question = adapter.pipeline, "what happens in the video"
+    whole = pipe.ask(pipe.read(bed["root"] / "v0.mp4"), question, max_new_tokens=8).text
+    image_answer = pipe.ask(pipe.from_frames(torch.from_numpy(np.array(image))[None], is_video=False),
+                            "describe the image in detail", max_new_tokens=3).text          # the default: 3 tokens
+    framed = pipe.ask(adapter._visual(frames), question, max_new_tokens=6).text
+    assert len(whole) >= 8 and len(framed) >= 4 and image_answer        # words to cut
+    cut, early, late = whole[4:6], framed[1:3], framed[3:]
+    assert whole.index(cut) > 0 and 0 < framed.index(early) < framed.index(late)   # each cut leaves a shorter answer
+    requests = [Request(question, {"max_new_tokens": 8, "until": cut}, lambda doc: [doc["video"]], 0, "v", "test"),
                 Request("describe the image in detail", {}, lambda doc: [doc["image"]], 1, "v", "test"),
-                Request("what happens in the video", {"until": ["\n\n"]}, lambda doc: doc["frames"], 2, "v", "test")]
+                Request(question, {"max_new_tokens": 6, "until": ["never in it", early, late]},
+                        lambda doc: doc["frames"], 2, "v", "test"),
+                Request(question, {"max_new_tokens": 6, "until": ["never in it"]}, lambda doc: doc["frames"], 2, "v",
+                        "test")]
     answers = adapter.generate_until(requests)
-    assert len(answers) == 3 and all(isinstance(a, str) and "\n\n" not in a for a in answers)
+    # by hand: each answer up to where the first of its until strings starts
+    assert answers == [whole[:whole.index(cut)], image_answer, framed[:framed.index(early)], framed]
     visual = adapter._visual(frames)
     assert visual.is_video and len(visual.indices) == 4                   # 10 frames sampled down to --frames
     assert [int(f[0, 0, 0]) for f in visual.frames] == [10, 30, 60, 80]   # segment centres of 10: 1, 3, 6, 8
