@@ -15,6 +15,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["ppllava", "ppllava.*", "backends", "backends.*"]),
+    package_data={"ppllava.model": ["chat_templates/*.jinja"]},
     install_requires=[
         "torch>=2.6",
         "transformers>=5.24,<6",  # the dataclass configs (SubConfigSpec) of 5.2x; tested with 5.24

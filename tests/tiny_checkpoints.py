@@ -8,6 +8,7 @@ tiny byte-level BPE tokenizers trained offline.
 from __future__ import annotations
 
 import torch
+from tokenizers import AddedToken
 from transformers import (CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModelWithProjection, InternVLConfig,
                           InternVLForConditionalGeneration, LlavaNextConfig, LlavaNextForConditionalGeneration,
                           LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
@@ -89,8 +90,10 @@ def save_llava_next(directory, image_size=48):
 
 def save_internvl(directory, image_size=48, patch_size=4):
     """An InternVLForConditionalGeneration (InternViT + Qwen2, pixel shuffle 0.5): 48 px / patch 4 = 12x12
-    patches -> 6x6 tokens."""
+    patches -> 6x6 tokens. Its tokenizer has InternVL's <img> / </img> around each image."""
     tokenizer = llm_tokenizer()
+    tokenizer.add_tokens([AddedToken("<img>", special=True, normalized=False),
+                          AddedToken("</img>", special=True, normalized=False)], special_tokens=True)
     config = InternVLConfig(
         vision_config=dict(hidden_size=32, image_size=image_size, patch_size=patch_size, **LAYERS),
         text_config=dict(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,

@@ -37,5 +37,6 @@ def run(args) -> int:
     print(f"wrote {args.out}: {family} towers, prompt positions {config.prompt_config.max_position_embeddings}, "
           f"LLM {config.text_config.model_type}, relevance scale {config.relevance_scale:.2f}")
     report = json.loads((Path(args.out) / conversion.REPORT).read_text(encoding="utf-8"))
+    print(f"chat template: {report['chat_template']}, {report['content']} content")
     print(f"{report['summary']} (every tensor listed in {Path(args.out) / conversion.REPORT})")
     return 0

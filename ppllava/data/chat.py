@@ -6,8 +6,14 @@ expanded to its item's placeholder run (config.placeholders(frames, is_video)).
 
 Labels: only the assistant turns are learned. A turn's span is found on the rendered text, between
 the render of the messages before it (with the generation prompt) and the render up to it, so it
-holds the answer and the template's end-of-turn tokens; every other token is -100. A template whose
-renders are not prefixes of each other cannot be masked this way and is refused.
+holds the answer and the template's end-of-turn tokens; every other token is -100. Where a template
+writes its generation prompt otherwise than the header of a rendered turn, the span starts where the
+two first differ. A template whose renders are not prefixes of each other cannot be masked this way
+and is refused.
+
+Templates that take typed content parts (the llava-hf and InternVL ones) get the media as parts
+({"type": "image"} / {"type": "video"}) and write the marks themselves, where the base puts them;
+templates that take plain strings get the marks joined to the text with newlines.
 
 Maximum length, counted after placeholder expansion: trailing turns are dropped (a user message and
 the answers after it) while more than one answered turn is left and the dropped turns hold no media;
@@ -17,6 +23,7 @@ through an answer or a run of visual tokens).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -37,11 +44,38 @@ class Encoded:
     messages: tuple[dict, ...]        # the messages kept (after dropping trailing turns)
 
 
+PROBE = "ppllava-probe-2718"
+
+
 def _text(message: dict, marks: dict[str, str]) -> str:
     content = message["content"]
     if isinstance(content, str):
         return content
     return "\n".join(marks[p["type"]] if p["type"] in marks else p["text"] for p in content)
+
+
+def _parts(message: dict, video_part: str) -> list[dict]:
+    content = message["content"]
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return [{"type": "text", "text": p["text"]} if p["type"] == "text" else
+            {"type": "image" if p["type"] == "image" else video_part} for p in content]
+
+
+def content_style(tokenizer) -> str:
+    """"parts" where the chat template renders typed content parts ({"type": "text", ...}, as the llava-hf and
+    InternVL templates), else "string" where it renders plain-string content (as Qwen2's text template)."""
+    def renders(content) -> bool:
+        try:
+            out = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False)
+        except Exception:                              # a template that cannot take this form of content
+            return False
+        return PROBE in out and "'type'" not in out and '"type"' not in out
+    if renders([{"type": "text", "text": PROBE}]):
+        return "parts"
+    if renders(PROBE):
+        return "string"
+    raise DataError("the chat template renders neither plain-string message content nor typed content parts")
 
 
 class ChatEncoder:
@@ -56,11 +90,21 @@ class ChatEncoder:
         self.tokenizer = tokenizer
         self.marks = {"image": image_token, "video": video_token if video_token_id is not None else image_token}
         self.ids = {"image": image_token_id, "video": video_token_id if video_token_id is not None else image_token_id}
+        # videos of a model without a video token are written as images, by the template too
+        self.video_part = "video" if video_token_id is not None else "image"
         for kind, mark in self.marks.items():
             got = tokenizer(f"a{mark}b", add_special_tokens=False)["input_ids"].count(self.ids[kind])
             if got != 1:
                 raise DataError(f"tokenizer does not encode {mark!r} as the one token {self.ids[kind]} the model expects "
                                 f"for {kind} placeholders (add it as a special token, or fix {kind}_token_id)")
+        self.style = content_style(tokenizer)
+        if self.style == "parts":                      # the template writes the marks itself: they must be ours
+            for kind in ("image", "video"):
+                message = {"role": "user", "content": [{"type": kind}, {"type": "text", "text": PROBE}]}
+                ids = tokenizer(self.render([message]), add_special_tokens=False)["input_ids"]
+                if ids.count(self.ids[kind]) != 1:
+                    raise DataError(f"the chat template does not write a {kind} as the one token {self.ids[kind]} "
+                                    f"({self.marks[kind]!r}) the model expects: {self.render([message])!r}")
 
     @classmethod
     def for_config(cls, tokenizer, config) -> "ChatEncoder":
@@ -78,7 +122,12 @@ class ChatEncoder:
         return cls(tokenizer, config.image_token_id, config.video_token_id, **marks)
 
     def render(self, messages, add_generation_prompt: bool = False) -> str:
-        chat = [{"role": m["role"], "content": _text(m, self.marks)} for m in messages]
+        """The template's text of `messages`; media are typed parts where the template takes them, else marks
+        joined to the text with newlines."""
+        if self.style == "parts":
+            chat = [{"role": m["role"], "content": _parts(m, self.video_part)} for m in messages]
+        else:
+            chat = [{"role": m["role"], "content": _text(m, self.marks)} for m in messages]
         return self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def _assistant_spans(self, messages, full: str) -> list[tuple[int, int]]:
@@ -86,11 +135,14 @@ class ChatEncoder:
         for k, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            before, upto = self.render(messages[:k], add_generation_prompt=True), self.render(messages[:k + 1])
+            prompt, before, upto = (self.render(messages[:k], add_generation_prompt=True), self.render(messages[:k]),
+                                    self.render(messages[:k + 1]))
             if not (upto.startswith(before) and full.startswith(upto)):
                 raise DataError("the chat template's renders of a conversation and its first turns are not prefixes "
                                 "of each other: assistant turns cannot be located for the labels")
-            spans.append((len(before), len(upto)))
+            # where the turn leaves the generation prompt: its end, unless the template writes the prompt otherwise
+            # than a turn's header (llava-hf's OneVision template: "assistant\n" to prompt, "assistant \n" in a turn)
+            spans.append((max(len(os.path.commonprefix([prompt, upto])), len(before)), len(upto)))
         return spans
 
     def encode(self, messages, runs: list[list[int]], add_generation_prompt: bool = False) -> Encoded:
@@ -105,10 +157,12 @@ class ChatEncoder:
             if token in placeholder:
                 if not pending:
                     raise DataError(f"the conversation has more media marks than its {len(runs)} media")
-                run = pending.pop(0)
-                if run and run[0] != token:
+                # the first pending medium of this kind (a template may write a turn's images before its videos)
+                run = pending.pop(next((k for k, r in enumerate(pending) if token in r), 0))
+                if run and token not in run:
                     raise DataError(f"medium {len(runs) - len(pending) - 1}: its mark token {token} does not match "
-                                    f"its placeholder run of token {run[0]} (an image where a video is expected?)")
+                                    f"its placeholder run of token {max(set(run), key=run.count)} (an image where a "
+                                    f"video is expected?)")
                 ids += run
                 labels += [IGNORE] * len(run)
                 continue

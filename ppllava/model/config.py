@@ -67,6 +67,9 @@ class PPLLaVAConfig(PreTrainedConfig):
     # placeholder tokens in the LLM's input_ids, each replaced by one visual token
     image_token_id: int | None = None
     video_token_id: int | None = None
+    # tokens around each item's placeholder run, as InternVL writes <img> ... </img>; None for LLaVA's bases
+    visual_start_token_id: int | None = None
+    visual_end_token_id: int | None = None
     # (keep, stretch) of the prompt tower's context extension, None if its positions are the pretrained ones
     prompt_context_extension: list[int] | None = None
     # parameter groups that train (the vision tower and its patch projection are frozen by default)
@@ -117,9 +120,13 @@ class PPLLaVAConfig(PreTrainedConfig):
         return t * h * w
 
     def placeholders(self, frames: int, is_video: bool) -> list[int]:
-        """The input_ids run that stands for one item: one placeholder per visual token it becomes."""
+        """The input_ids run that stands for one item: one placeholder per visual token it becomes, between the
+        start and end tokens where the base has them."""
         token = self.video_token_id if is_video and self.video_token_id is not None else self.image_token_id
-        return [token] * self.visual_tokens(frames, is_video)
+        run = [token] * self.visual_tokens(frames, is_video)
+        if self.visual_start_token_id is not None:
+            run = [self.visual_start_token_id, *run, self.visual_end_token_id]
+        return run
 
     # -- validation ----------------------------------------------------------------------------
     def check(self) -> None:
@@ -156,7 +163,9 @@ class PPLLaVAConfig(PreTrainedConfig):
         if unknown:
             raise ValueError(f"npu_fused_kernels: unknown {unknown}; expected any of {', '.join(FUSED_KERNELS)}")
         vocab = self.text_config.vocab_size
-        for name in ("image_token_id", "video_token_id"):
+        for name in ("image_token_id", "video_token_id", "visual_start_token_id", "visual_end_token_id"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < vocab:
                 raise ValueError(f"{name} {value} is outside the LLM's vocabulary (0..{vocab - 1})")
+        if (self.visual_start_token_id is None) != (self.visual_end_token_id is None):
+            raise ValueError("visual_start_token_id and visual_end_token_id are set together or not at all")

@@ -29,6 +29,8 @@ from transformers import (AutoTokenizer, InternVLForConditionalGeneration, Llava
 
 from .checkpoint import PROMPT_TOKENIZER_DIR, check_shapes, save_weights
 from .config import PPLLaVAConfig
+from ..data import ChatEncoder
+from .chat_format import base_chat_template, visual_wrap_tokens
 from .context import KEEP, STRETCH, extend_positions, extended_length
 from .mapping import Ledger, Rule, UnmappedTensor
 from .towers import family_of_dual, family_of_vision
@@ -94,7 +96,7 @@ def base_architecture(config: dict) -> BaseArchitecture:
     return BASES[model_type]
 
 
-def build_config(base, dual, keep: int, stretch: int) -> PPLLaVAConfig:
+def build_config(base, dual, keep: int, stretch: int, fields: dict | None = None) -> PPLLaVAConfig:
     """The PPLLaVA config of a loaded base model and dual encoder, or a ValueError naming the mismatch."""
     family = family_of_dual(dual.config.model_type)
     vision_family = family_of_vision(base.config.vision_config.model_type)
@@ -128,6 +130,7 @@ def build_config(base, dual, keep: int, stretch: int) -> PPLLaVAConfig:
         prompt_context_extension=[keep, stretch],
         relevance_scale=float(dual.logit_scale.detach().float().exp()),
         **BASES[base.config.model_type].config_fields(base.config),
+        **(fields or {}),
     )
 
 
@@ -167,21 +170,16 @@ def _load(model_class, directory, role: str, **kwargs):
     return model
 
 
-def _copy_tokenizers(base_dir, text_tower_dir, out: Path, prompt_length: int) -> None:
-    """The LLM's tokenizer and the prompt tower's (its length the extended one); a folder without a usable
-    tokenizer cannot answer, so that is an error, not a warning."""
-    for source, role, target, kwargs in ((base_dir, "base", out, {}),
-                                         (text_tower_dir, "text tower", out / PROMPT_TOKENIZER_DIR,
-                                          {"model_max_length": prompt_length})):
-        if not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
-            # transformers would build an empty tokenizer of the config's class from nothing
-            raise ValueError(f"{role} {source}: no tokenizer files (one of {', '.join(TOKENIZER_FILES)})")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        except (OSError, ValueError, ImportError, TypeError, KeyError) as e:
-            cause = " ".join(str(e).split())[:300]
-            raise ValueError(f"{role} {source}: its tokenizer cannot be loaded ({type(e).__name__}: {cause})") from e
-        tokenizer.save_pretrained(target)
+def _load_tokenizer(source, role: str):
+    """A folder's tokenizer; a folder without a usable one cannot answer, so that is an error, not a warning."""
+    if not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
+        # transformers would build an empty tokenizer of the config's class from nothing
+        raise ValueError(f"{role} {source}: no tokenizer files (one of {', '.join(TOKENIZER_FILES)})")
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, ImportError, TypeError, KeyError) as e:
+        cause = " ".join(str(e).split())[:300]
+        raise ValueError(f"{role} {source}: its tokenizer cannot be loaded ({type(e).__name__}: {cause})") from e
 
 
 def convert(base_dir, text_tower_dir, out_dir, keep: int = KEEP, stretch: int = STRETCH,
@@ -191,18 +189,27 @@ def convert(base_dir, text_tower_dir, out_dir, keep: int = KEEP, stretch: int = 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"--out {out} already exists and is not an empty folder; choose a new one")
     out.parent.mkdir(parents=True, exist_ok=True)
-    architecture = base_architecture(read_config(base_dir, "base"))
+    base_type = read_config(base_dir, "base").get("model_type")
+    architecture = base_architecture({"model_type": base_type})
     family = family_of_dual(read_config(text_tower_dir, "text tower").get("model_type"))
+    # the tokenizers and the chat format first: they fail in a second, the weights take minutes to load
+    tokenizer, prompt_tokenizer = _load_tokenizer(base_dir, "base"), _load_tokenizer(text_tower_dir, "text tower")
+    template, template_source = base_chat_template(base_dir, tokenizer, base_type)
+    tokenizer.chat_template = template
     base = _load(architecture.model_class, base_dir, "base", dtype=dtype or "auto")
     dual = _load(family.dual_class, text_tower_dir, "text tower", dtype=base.dtype)
-    config = build_config(base, dual, keep, stretch)
+    config = build_config(base, dual, keep, stretch, visual_wrap_tokens(tokenizer, base_type))
     config.dtype = base.dtype
+    encoder = ChatEncoder.for_config(tokenizer, config)       # the base's template writes our placeholders
     ledger = build_state(base, dual, config, keep, stretch)
+    prompt_tokenizer.model_max_length = config.prompt_config.max_position_embeddings
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.partial-") as tmp:
-        _copy_tokenizers(base_dir, text_tower_dir, Path(tmp), config.prompt_config.max_position_embeddings)
+        tokenizer.save_pretrained(tmp)
+        prompt_tokenizer.save_pretrained(Path(tmp) / PROMPT_TOKENIZER_DIR)
         save_weights(config, ledger.state, tmp, base.dtype, "converted weights")
         report = {"base": str(base_dir), "text_tower": str(text_tower_dir), "dtype": str(base.dtype).removeprefix("torch."),
-                  "relevance_scale": config.relevance_scale, "summary": ledger.summary(), "tensors": ledger.rows}
+                  "relevance_scale": config.relevance_scale, "chat_template": template_source,
+                  "content": encoder.style, "summary": ledger.summary(), "tensors": ledger.rows}
         (Path(tmp) / REPORT).write_text(json.dumps(report, indent=1), encoding="utf-8")
         if (Path(base_dir) / "generation_config.json").is_file():   # the base's stop tokens and defaults
             shutil.copy2(Path(base_dir) / "generation_config.json", Path(tmp) / "generation_config.json")
