@@ -105,3 +105,33 @@ def test_internvl_wraps_each_run_and_needs_the_tokens():
     tokenizer.add_tokens([AddedToken("<img>", special=True), AddedToken("</img>", special=True)], special_tokens=True)
     wrap = visual_wrap_tokens(tokenizer, "internvl")
     assert tokenizer.convert_ids_to_tokens([wrap["visual_start_token_id"], wrap["visual_end_token_id"]]) == ["<img>", "</img>"]
+
+
+def test_answers_a_template_leaves_open_end_with_eos_and_learn_it():
+    """llava-hf's Vicuna template writes no end of turn: each answer gets the LLM's EOS, in the labels too; a
+    ChatML template ends turns with <|im_end|> and gets nothing added."""
+    vicuna = with_template(default_template("llava-vicuna"))
+    vicuna.eos_token = "<|im_end|>"                                    # stands for Vicuna's </s>
+    image, eos = vicuna.convert_tokens_to_ids(["<image>", "<|im_end|>"])
+    encoder = ChatEncoder(vicuna, image, None)
+    assert encoder.close_turns and encoder.turn_end_token() is None
+    messages = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "the cat"},
+                {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a mat"}]
+    out = encoder.encode(messages, [])
+    ids, labels = out.input_ids.tolist(), out.labels.tolist()
+    answers, current = [], []
+    for token, label in zip(ids, labels):
+        if label != -100:
+            current.append(token)
+        elif current:
+            answers.append(current)
+            current = []
+    if current:
+        answers.append(current)
+    assert [vicuna.decode(a) for a in answers] == [" the cat <|im_end|>", " a mat <|im_end|>"]
+    assert ids.count(eos) == 2 and ids[-1] == eos
+    chatml = with_template(default_template("llava-chatml"))
+    chatml_encoder = ChatEncoder(chatml, *chatml.convert_tokens_to_ids(["<image>", "<video>"]))
+    assert not chatml_encoder.close_turns and chatml_encoder.turn_end_token() == eos
+    plain = chatml_encoder.encode(messages, [])
+    assert plain.input_ids.tolist().count(eos) == 4                    # the template's own, one a turn

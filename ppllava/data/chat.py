@@ -98,6 +98,7 @@ class ChatEncoder:
                 raise DataError(f"tokenizer does not encode {mark!r} as the one token {self.ids[kind]} the model expects "
                                 f"for {kind} placeholders (add it as a special token, or fix {kind}_token_id)")
         self.style = content_style(tokenizer)
+        self.close_turns = self._leaves_answers_open()
         if self.style == "parts":                      # the template writes the marks itself: they must be ours
             for kind in ("image", "video"):
                 message = {"role": "user", "content": [{"type": kind}, {"type": "text", "text": PROBE}]}
@@ -120,6 +121,24 @@ class ChatEncoder:
                                 f"({len(tokenizer)} tokens): the tokenizer does not belong to this model")
             marks[f"{kind}_token"] = token
         return cls(tokenizer, config.image_token_id, config.video_token_id, **marks)
+
+    def turn_end_token(self) -> int | None:
+        """The special token the template closes an assistant turn with (<|im_end|>, <|eot_id|>, ...), if any."""
+        marker = PROBE
+        text = self.render([{"role": "user", "content": [{"type": "text", "text": "a"}]},
+                            {"role": "assistant", "content": [{"type": "text", "text": marker}]}])
+        end = text.rfind(marker) + len(marker)
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        after = [t for t, (a, _) in zip(enc["input_ids"], enc["offset_mapping"]) if a >= end]
+        special = {i for i, t in self.tokenizer.added_tokens_decoder.items() if t.special}
+        special |= set(self.tokenizer.all_special_ids)
+        return after[0] if after and after[0] in special else None
+
+    def _leaves_answers_open(self) -> bool:
+        """True where the template ends an answer with no special token (llava-hf's Vicuna template writes
+        "ASSISTANT: answer " and the next turn): the LLM's EOS is then appended to each answer, as LLaVA trained
+        it, so that the model learns to stop."""
+        return self.turn_end_token() is None and self.tokenizer.eos_token_id is not None
 
     def render(self, messages, add_generation_prompt: bool = False) -> str:
         """The template's text of `messages`; media are typed parts where the template takes them, else marks
@@ -166,8 +185,15 @@ class ChatEncoder:
                 ids += run
                 labels += [IGNORE] * len(run)
                 continue
+            answer = any(a <= start < b for a, b in spans)
+            if self.close_turns and not answer and labels and labels[-1] != IGNORE:
+                ids.append(self.tokenizer.eos_token_id)          # the end of an answer the template leaves open
+                labels.append(self.tokenizer.eos_token_id)
             ids.append(token)
-            labels.append(token if any(a <= start < b for a, b in spans) else IGNORE)
+            labels.append(token if answer else IGNORE)
+        if self.close_turns and labels and labels[-1] != IGNORE:
+            ids.append(self.tokenizer.eos_token_id)
+            labels.append(self.tokenizer.eos_token_id)
         if pending:
             raise DataError(f"the conversation marks {len(runs) - len(pending)} media but {len(runs)} were given")
         return Encoded(torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long), messages)

@@ -70,15 +70,8 @@ class Pipeline:
         for value in (self.tokenizer.eos_token_id, self.config.text_config.eos_token_id,
                       *(getattr(c, "eos_token_id", None) for c in configs)):
             ids += value if isinstance(value, list) else [] if value is None else [value]
-        marker = "zqxj"
-        text = self.encoder.render([{"role": "user", "content": [{"type": "text", "text": "a"}]},
-                                    {"role": "assistant", "content": [{"type": "text", "text": marker}]}])
-        end = text.rfind(marker) + len(marker)
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        after = [t for t, (a, _) in zip(enc["input_ids"], enc["offset_mapping"]) if a >= end]
-        if after and after[0] in self.tokenizer.all_special_ids:
-            ids.append(after[0])
-        return list(dict.fromkeys(ids))
+        turn_end = self.encoder.turn_end_token()
+        return list(dict.fromkeys(ids + ([turn_end] if turn_end is not None else [])))
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = None,
