@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
+import signal
 import sys
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from ppllava.train.config import load_train_config
 from ppllava.train.deepspeed_config import deepspeed_config
 from ppllava.train.optim import WarmupCosine, param_groups, warmup_steps
 from ppllava.train.stream import ResumableSampler
+from train_procs import Launched
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "configs" / "train").glob("*.yaml"))
@@ -216,7 +217,11 @@ def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == [".abandoned-step-000006", ".abandoned-step-000009", "step-000003"]
 
 
-# -- non-finite losses (one real process) ---------------------------------------------------------------
+# -- non-finite losses and gradients, SIGTERM (real runs) ----------------------------------------------
+DEADLINE = 900          # s for any one run: generous on 2 busy cores (a run takes 15-60 s there)
+INJECT = Path(__file__).with_name("train_inject.py")
+
+
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
     pytest.importorskip("deepspeed")
@@ -228,13 +233,28 @@ def bed(tmp_path_factory):
             "root": root}
 
 
-def _train(bed, out, *more, processes=1, threads=1, extra_env=None):
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TORCH_EXTENSIONS_DIR": str(ROOT / "build" / "torch_extensions"),
-           **(extra_env or {})}
+def _env(threads=1, extra_env=None) -> dict:
+    """PYTHONPATH: tests/train_inject.py, run by path, imports this checkout, not an installed one."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "TORCH_EXTENSIONS_DIR": str(ROOT / "build" / "torch_extensions"),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), **(extra_env or {})}
+
+
+def _argv(bed, out, *more, processes=1, entry=("-m", "ppllava")) -> list[str]:
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)] if processes > 1 else []
-    argv = [sys.executable, *launcher, "-m", "ppllava", "train", "--config", "configs/train/tiny.yaml", f"model={bed['model']}",
+    return [sys.executable, *launcher, *entry, "train", "--config", "configs/train/tiny.yaml", f"model={bed['model']}",
             f"data={bed['data']}", f"output_dir={out}", "epochs=4", "log_every=1", "lr=1e6", "warmup_ratio=0", *more]
-    return subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+
+
+def _train(bed, out, *more, processes=1, threads=1, extra_env=None) -> Launched:
+    """Run `ppllava train` to its end (the whole process tree killed if it outlives DEADLINE)."""
+    with Launched(_argv(bed, out, *more, processes=processes), Path(f"{out}-log"), _env(threads, extra_env), ROOT) as proc:
+        proc.finish(DEADLINE)
+    return proc
+
+
+def _rows(out) -> list[dict]:
+    path = Path(out) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
 @pytest.mark.parametrize("policy", ["stop", "skip"])
@@ -244,16 +264,74 @@ def test_a_non_finite_loss_stops_or_skips_and_says_so(bed, policy):
     out = bed["root"] / policy
     if policy == "stop":
         proc = _train(bed, out, "nonfinite=stop")
-        assert proc.returncode == 1, proc.stderr[-3000:]
-        last = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode == 1, proc.tail()
+        last = proc.stderr().strip().splitlines()[-1]
         assert "non-finite loss at step" in last and "nonfinite=stop" in last
     else:
         proc = _train(bed, out, "nonfinite=skip", "max_nonfinite_skips=2", "deepspeed=zero3", processes=2)
         assert proc.returncode != 0
-        assert "3 non-finite losses or gradients (max_nonfinite_skips 2)" in proc.stderr
-        assert (proc.stdout + proc.stderr).count("micro-batch skipped on every process") == 2
-    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+        assert "3 non-finite losses or gradients (max_nonfinite_skips 2)" in proc.stderr()
+        assert proc.output().count("micro-batch skipped on every process") == 2
+    rows = _rows(out)
     assert rows and all(math.isfinite(r["loss"]) for r in rows)        # only finite steps were recorded
+
+
+def test_inf_gradients_skip_the_step_and_sigterm_exits_143(bed):
+    """One process of `ppllava train` (tests/train_inject.py: step 2 backpropagates inf, its loss finite):
+    DeepSpeed skips that optimizer step, the run says so under nonfinite=skip and marks the row; then
+    SIGTERM: it finishes its step, saves, and exits with 143."""
+    out = bed["root"] / "inf-gradients"
+    argv = _argv(bed, out, "lr=1e-3", "epochs=12", "save_every=1000", "nonfinite=skip", entry=(str(INJECT), "2"))
+    with Launched(argv, Path(f"{out}-log"), _env(), ROOT) as proc:
+        proc.wait_for(lambda: len(_rows(out)) >= 3, f"3 rows in {out / 'metrics.jsonl'}", DEADLINE)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.finish(DEADLINE)
+    rows, log = _rows(out), proc.output()
+    last = rows[-1]["step"]
+    assert code == 143, proc.tail()
+    assert f"stopped by signal at step {last}; run the same command again to resume" in log
+    assert 3 <= last < 24 and [r["step"] for r in rows] == list(range(1, last + 1))      # 24 steps in all
+    assert [p.name for p in complete_checkpoints(out / "checkpoints")] == [f"step-{last:06d}"]
+    assert [r.get("applied", True) for r in rows] == [r["step"] != 2 for r in rows]
+    assert all(math.isfinite(r["loss"]) for r in rows)                  # the loss of step 2 too
+    assert "non-finite gradients at step 2, epoch 0: optimizer step skipped on every process (1 of at most 10)" in log
+    assert log.count("optimizer step skipped") == 1
+    state = json.loads((out / "checkpoints" / f"step-{last:06d}" / STATE_FILE).read_text())
+    assert state["step"] == last and state["nonfinite_skips"] == 1 and state["world_size"] == 1
+
+
+class _One:                                                             # a process group of one
+    is_main, rank, world_size = True, 0, 1
+
+    def barrier(self):
+        pass
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16", "fp32"])
+def test_a_skipped_optimizer_step_is_a_loss_scale_overflow_only_in_fp16(precision, capsys):
+    """DeepSpeed skips the step on inf/nan gradients (its loss scaler in fp16: no fp16 on this CPU, so the
+    engine is a stand-in here; the bf16 run above is real). fp16 lowers its scale and goes on, even under
+    nonfinite=stop; bf16 and fp32 go through the non-finite policy."""
+    from types import SimpleNamespace
+
+    from ppllava.train import NonFiniteLoss
+    from ppllava.train.stream import Position
+    from ppllava.train.trainer import Trainer
+
+    trainer = Trainer.__new__(Trainer)
+    trainer.cfg = load_train_config(None, BASE + [f"precision={precision}", "nonfinite=stop"])
+    trainer.group, trainer.step, trainer.nonfinite_skips = _One(), 4, 0
+    trainer.stream = SimpleNamespace(position=Position(1, 2))
+    trainer.engine = SimpleNamespace(was_step_applied=lambda: True)
+    assert trainer._check_step_applied() is True and not capsys.readouterr().out
+    trainer.engine = SimpleNamespace(was_step_applied=lambda: False)
+    if precision == "fp16":
+        assert trainer._check_step_applied() is False
+        assert capsys.readouterr().out == "step 5: fp16 overflow, step skipped and loss scale lowered\n"
+        assert trainer.nonfinite_skips == 0
+    else:
+        with pytest.raises(NonFiniteLoss, match=r"non-finite gradients at step 5, epoch 1 \(nonfinite=stop\)"):
+            trainer._check_step_applied()
 
 
 def test_a_rerun_repeats_the_losses_bit_for_bit_on_two_threads(bed):
@@ -264,8 +342,8 @@ def test_a_rerun_repeats_the_losses_bit_for_bit_on_two_threads(bed):
         out = bed["root"] / name
         proc = _train(bed, out, "lr=1e-3", "epochs=2", "model_overrides.train_vision_tower=true", "deterministic=true",
                       threads=2, extra_env=REPRODUCIBLE_ENV)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return [json.loads(l)["loss"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+        assert proc.returncode == 0, proc.tail()
+        return [r["loss"] for r in _rows(out)]
     first, second = run("deterministic-a"), run("deterministic-b")
     assert len(first) >= 4 and first == second
 
@@ -273,30 +351,22 @@ def test_a_rerun_repeats_the_losses_bit_for_bit_on_two_threads(bed):
 def test_sigterm_saves_a_checkpoint_then_the_same_command_resumes(bed):
     """As Slurm or torchrun stop a job: SIGTERM to torchrun, which signals each worker's process group,
     DataLoader workers included; every process finishes its step, saves, and stops."""
-    import signal
-    import time
-
     out = bed["root"] / "sigterm"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": str(ROOT / "build" / "torch_extensions")}
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "ppllava",
-            "train", "--config", "configs/train/tiny.yaml", f"model={bed['model']}", f"data={bed['data']}",
-            f"output_dir={out}", "epochs=12", "workers=1", "log_every=1000", "save_every=1000"]
-    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    metrics, deadline = out / "metrics.jsonl", time.time() + 180
-    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
-        assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    log = proc.communicate(timeout=180)[0]
-    steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()]
-    assert f"stopped by signal at step {steps[-1]}" in log, log[-3000:]
-    assert "exited unexpectedly" not in log and steps[-1] < 24          # 24 steps in all
+    argv = _argv(bed, out, "lr=1e-3", "warmup_ratio=0.1", "epochs=6", "workers=1", "log_every=1000",
+                 "save_every=1000", processes=2)
+    metrics = out / "metrics.jsonl"
+    with Launched(argv, Path(f"{out}-log"), _env(), ROOT) as proc:
+        proc.wait_for(lambda: len(_rows(out)) >= 3, f"3 rows in {metrics}", DEADLINE)
+        proc.send_signal(signal.SIGTERM)
+        proc.finish(DEADLINE)
+    steps, log = [r["step"] for r in _rows(out)], proc.output()
+    assert f"stopped by signal at step {steps[-1]}" in log, proc.tail()
+    assert "exited unexpectedly" not in log and steps[-1] < 12          # 12 steps in all
     assert [p.name for p in complete_checkpoints(out / "checkpoints")] == [f"step-{steps[-1]:06d}"]
-    resumed = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed from {out / 'checkpoints' / f'step-{steps[-1]:06d}'}" in resumed.stdout + resumed.stderr
-    assert [json.loads(l)["step"] for l in metrics.read_text().splitlines()] == list(range(1, 25))
+    with Launched(argv, Path(f"{out}-resumed-log"), _env(), ROOT) as resumed:
+        assert resumed.finish(DEADLINE) == 0, resumed.tail()
+    assert f"resumed from {out / 'checkpoints' / f'step-{steps[-1]:06d}'}" in resumed.output()
+    assert [r["step"] for r in _rows(out)] == list(range(1, 13))
 
 
 # -- stand-ins: every micro-batch runs the same modules -----------------------------------------------

@@ -6,18 +6,17 @@ micro-batches of different kinds (or none at all): the runs finishing is the che
 still takes part in the same collectives.
 
 Each run is the tiny recipe on generated data, started as a user would: torchrun (or `ppllava launch`)
-in a subprocess. The shared-memory op DeepSpeed compiles on first use is cached under build/.
+in a subprocess (tests/train_procs.py: waits with deadlines, the whole process tree killed on a failure).
+The shared-memory op DeepSpeed compiles on first use is cached under build/.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
-import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -28,17 +27,23 @@ pytest.importorskip("deepspeed")
 
 from ppllava.model import load_model  # noqa: E402
 from ppllava.model.tiny import save_tiny_checkpoint  # noqa: E402
+from ppllava.train.checkpoint import STATE_FILE, complete_checkpoints  # noqa: E402
 from train_data import write_training_data  # noqa: E402
+from train_procs import Launched  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "train" / "tiny.yaml"
 WORKER = Path(__file__).with_name("train_worker.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+ONE_PROCESS = [sys.executable, "-m", "ppllava"]
+DEADLINE = 900          # s for any one run: generous on 2 busy cores (a run takes 30-60 s there)
 
 
 def env() -> dict:
+    """PYTHONPATH: scripts run by path (tests/train_worker.py) import this checkout, not an installed one."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": str(ROOT / "build" / "torch_extensions"),
-            "PYTHONWARNINGS": "ignore::FutureWarning"}
+            "PYTHONWARNINGS": "ignore::FutureWarning",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +61,12 @@ def overrides(bed, out, **more) -> list[str]:
     return [f"{k}={v}" for k, v in {**fixed, **more}.items()]
 
 
-def run(argv, timeout=240) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, env=env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    assert "terminate called" not in proc.stderr
+def run(argv, log, expect=0) -> Launched:
+    """Run `argv` to its end (output in `log`.out/.err); its exit status must be `expect`."""
+    with Launched(argv, log, env(), ROOT) as proc:
+        code = proc.finish(DEADLINE)
+    assert code == expect, f"exit {code}, expected {expect}\n{proc.tail()}"
+    assert "terminate called" not in proc.stderr()
     return proc
 
 
@@ -71,10 +78,13 @@ def losses(out) -> list[float]:
     return [m["loss"] for m in metrics(out)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def reserved_port() -> socket.socket:
+    """A socket bound to a free port and kept open, so that no other program is given that port: bound with
+    SO_REUSEADDR and never listening, it still lets torchrun's store (which also sets SO_REUSEADDR) listen there."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    return s
 
 
 STEPS = 12      # 15 samples -> 8 per process (DistributedSampler pads) -> 4 steps of 2 x 1 x 2 per epoch, 3 epochs
@@ -85,11 +95,16 @@ def assert_goes_down(values: list[float]) -> None:
     assert sum(values[-3:]) / 3 < sum(values[:3]) / 3 - 0.3, values
 
 
+def train_argv(bed, out, **more) -> list[str]:
+    """`ppllava train` on 2 processes under torchrun (ZeRO-2, a checkpoint every 3 steps unless `more` says)."""
+    return TORCHRUN + ["--standalone", "--nproc-per-node", "2", "-m", "ppllava", "train", "--config", str(RECIPE),
+                       *overrides(bed, out, **{"deepspeed": "zero2", "save_every": 3, **more})]
+
+
 @pytest.fixture(scope="module")
 def zero2_run(bed):
     out = bed["root"] / "zero2"
-    run(TORCHRUN + ["--standalone", "--nproc-per-node", "2", "-m", "ppllava", "train", "--config", str(RECIPE),
-                    *overrides(bed, out, deepspeed="zero2", save_every=3)])
+    run(train_argv(bed, out), bed["root"] / "logs" / "zero2")
     return out
 
 
@@ -114,11 +129,11 @@ def test_zero2_two_processes_train(zero2_run):
 def test_zero3_two_processes_train_export_and_serve(bed, tmp_path):
     out, probe = bed["root"] / "zero3", tmp_path / "engine.pt"
     proc = run(TORCHRUN + ["--standalone", "--nproc-per-node", "2", str(WORKER), str(RECIPE), str(probe),
-                           *overrides(bed, out, deepspeed="zero3")])
-    assert "ZeRO-3" in proc.stdout + proc.stderr
+                           *overrides(bed, out, deepspeed="zero3")], tmp_path / "zero3")
+    assert "ZeRO-3" in proc.output()
     assert_goes_down(losses(out))
     exported = tmp_path / "exported"
-    run([sys.executable, "-m", "ppllava", "export", "--checkpoint", str(out), "--out", str(exported)])
+    run(ONE_PROCESS + ["export", "--checkpoint", str(out), "--out", str(exported)], tmp_path / "export")
     model = load_model(exported).eval()                             # one process, no DeepSpeed
     assert model.dtype == torch.bfloat16                            # trained in bf16, exported as such
     saved = torch.load(probe)
@@ -130,41 +145,81 @@ def test_zero3_two_processes_train_export_and_serve(bed, tmp_path):
         assert (fresh(**saved["batch"]).logits.float() - logits).abs().max() > 0.1
 
 
-def test_killed_run_resumes_on_the_same_loss_curve(bed, zero2_run):
-    out = bed["root"] / "killed"
-    argv = TORCHRUN + ["--standalone", "--nproc-per-node", "2", "-m", "ppllava", "train", "--config", str(RECIPE),
-                       *overrides(bed, out, deepspeed="zero2", save_every=3)]
-    proc = subprocess.Popen(argv, env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 180
-    while not (out / "checkpoints" / "step-000003" / "trainer_state.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)                              # no chance to save or clean up
-    proc.wait()
-    assert not (out / "checkpoints" / f"step-{STEPS:06d}").exists(), "killed too late to test resuming"
-    run(argv)                                                        # the same command again
+def checkpoint_names(out) -> list[str]:
+    return [p.name for p in complete_checkpoints(Path(out) / "checkpoints")]
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(bed, zero2_run):
+    """The zero2 run's command, SIGKILLed (every process of it) once its second checkpoint (step 6; keep_last 2
+    keeps step 3 too) is complete, then run again: two complete checkpoints to choose from, and dropout
+    (attention_dropout 0.1) in every step after the one resumed."""
+    out, logs = bed["root"] / "killed", bed["root"] / "logs"
+    argv, sixth = train_argv(bed, out), out / "checkpoints" / "step-000006"
+    with Launched(argv, logs / "killed", env(), ROOT) as first:
+        first.wait_for(lambda: (sixth / STATE_FILE).is_file(), f"checkpoint {sixth}", DEADLINE)
+        killed = first.kill()                                       # torchrun, both workers: no chance to save
+    assert len(killed) >= 3, f"killed only {killed}: torchrun and its 2 workers expected"
+    state = {"checkpoints": checkpoint_names(out), "rows": metrics(out), "killed": killed}
+    rerun = run(argv, logs / "resumed")                             # the same command again
+    return {"out": out, "before": state, "log": rerun.output()}
+
+
+def test_killed_run_resumes_from_the_newest_checkpoint_on_the_same_loss_curve(killed_and_resumed, zero2_run):
+    out, before = killed_and_resumed["out"], killed_and_resumed["before"]
+    # killed before its third checkpoint: steps 1-6 recorded, perhaps 7 or 8, never 9
+    assert before["checkpoints"] == ["step-000003", "step-000006"], f"killed too late: {before['checkpoints']}"
+    steps = [r["step"] for r in before["rows"]]
+    assert steps == list(range(1, len(steps) + 1)) and 6 <= len(steps) <= 8, steps
+    # the newer of the two: 6 steps x 2 micro-batches = 12 of the 8 per process per epoch
+    checkpoint = out / "checkpoints" / "step-000006"
+    assert f"resumed from {checkpoint}: step 6, epoch 1, micro-batch 4" in killed_and_resumed["log"]
     resumed, uninterrupted = metrics(out), metrics(zero2_run)
     assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
+    assert resumed[:6] == before["rows"][:6]                        # rows up to the checkpoint kept as they were
     torch.testing.assert_close([r["loss"] for r in resumed], [r["loss"] for r in uninterrupted], rtol=1e-6, atol=0)
     assert [r["lr"] for r in resumed] == pytest.approx([r["lr"] for r in uninterrupted])
-    assert not list((out / "checkpoints").glob(".partial-*"))
-    changed = subprocess.run(argv[:-1] + ["save_every=4", "lr=0.01"], env=env(), cwd=ROOT, capture_output=True,
-                             text=True, timeout=240)                # save_every may change, lr may not
-    assert changed.returncode != 0
-    assert "resuming" in changed.stderr and "different recipe (lr 0.001 -> 0.01)" in changed.stderr
+    assert checkpoint_names(out) == ["step-000009", "step-000012"]
+    assert not [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]   # none partial, none set aside
+
+
+def test_a_resume_with_another_recipe_world_size_or_resume_none_is_refused(bed, killed_and_resumed, tmp_path):
+    """One process on the 2-process run's folder: each refusal is one line and exit 2, before the model loads,
+    and leaves the run as it was."""
+    out = killed_and_resumed["out"]
+    kept, rows = checkpoint_names(out), metrics(out)
+    one = ONE_PROCESS + ["train", "--config", str(RECIPE), *overrides(bed, out, deepspeed="zero2", save_every=3)]
+    newest = out / "checkpoints" / "step-000012"
+    cases = {"recipe": (["save_every=4", "lr=0.01"],                 # save_every may change, lr may not
+                        f"resuming {newest} with a different recipe (lr 0.001 -> 0.01)"),
+             "world": ([], f"checkpoint {newest} was written by 2 processes, this run has 1: resume with the same "
+                           f"world size"),
+             "none": (["resume=none"], f"{out / 'checkpoints'} already holds checkpoints and resume=none")}
+    with ExitStack() as running:                                     # all three at once
+        procs = {name: running.enter_context(Launched(one + more, tmp_path / name, env(), ROOT))
+                 for name, (more, _) in cases.items()}
+        codes = {name: proc.finish(DEADLINE) for name, proc in procs.items()}
+    wrong = []                                                      # every case's answer, not just the first wrong one
+    for name, proc in procs.items():
+        last = (proc.stderr().strip().splitlines() or [""])[-1]
+        if not (codes[name] == 2 and last.startswith("ppllava train: error: ") and cases[name][1] in last
+                and "Traceback" not in proc.stderr() and "Loading weights" not in proc.output()):
+            wrong.append(f"{name}: exit {codes[name]}, expected 2 and {cases[name][1]!r}\n{proc.tail(1500)}")
+    assert not wrong, "\n\n".join(wrong)
+    assert checkpoint_names(out) == kept and metrics(out) == rows
 
 
 def test_two_nodes_on_loopback_train(bed, tmp_path):
-    cluster = tmp_path / "loopback.yaml"
-    cluster.write_text(f"name: loopback\nnodes: 2\nprocs_per_node: 1\ndevice: cpu\nbackend: gloo\n"
-                       f"master_addr: 127.0.0.1\nmaster_port: {free_port()}\nenv:\n  OMP_NUM_THREADS: '1'\n")
-    out = bed["root"] / "two-nodes"
-    nodes = [subprocess.Popen([sys.executable, "-m", "ppllava", "launch", "--cluster", str(cluster), "--node-rank",
-                               str(rank), "--", "--config", str(RECIPE), *overrides(bed, out)],
-                              env=env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for rank in (0, 1)]
-    logs = [node.communicate(timeout=240)[0] for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], "\n".join(log[-3000:] for log in logs)
-    assert "2 process(es) x 1 x 2 accumulation" in logs[0]
+    out, cluster, port = bed["root"] / "two-nodes", tmp_path / "loopback.yaml", reserved_port()
+    with port:                                                      # held until both nodes are done
+        cluster.write_text(f"name: loopback\nnodes: 2\nprocs_per_node: 1\ndevice: cpu\nbackend: gloo\n"
+                           f"master_addr: 127.0.0.1\nmaster_port: {port.getsockname()[1]}\n"
+                           f"env:\n  OMP_NUM_THREADS: '1'\n")
+        nodes = [Launched(ONE_PROCESS + ["launch", "--cluster", str(cluster), "--node-rank", str(rank), "--",
+                                         "--config", str(RECIPE), *overrides(bed, out)], tmp_path / f"node{rank}",
+                          env(), ROOT) for rank in (0, 1)]
+        with nodes[0], nodes[1]:
+            codes = [node.finish(DEADLINE) for node in nodes]
+    assert codes == [0, 0], "\n".join(node.tail(3000) for node in nodes)
+    assert "2 process(es) x 1 x 2 accumulation" in nodes[0].output()
     assert_goes_down(losses(out))

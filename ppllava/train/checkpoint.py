@@ -141,10 +141,7 @@ class Checkpoints:
     def load(self, engine, folder: Path) -> dict:
         """Restore model, optimizer, scheduler and this process's RNG; returns the trainer state."""
         state = read_state(folder)
-        if state["world_size"] != self.group.world_size:
-            raise ValueError(f"checkpoint {folder} was written by {state['world_size']} processes, this run has "
-                             f"{self.group.world_size}: resume with the same world size (or export it and start a "
-                             f"new run from the exported model)")
+        check_world_size(state, folder, self.group)
         mine = folder / f"rng-rank{self.group.rank}.pt"
         if self.group.sum([float(not mine.is_file())])[0]:
             raise FileNotFoundError(f"checkpoint {folder}: some processes do not see their files (rng-rank<R>.pt): "
@@ -157,9 +154,17 @@ class Checkpoints:
         return state
 
 
+def check_world_size(state: dict, folder: Path, group) -> None:
+    if state["world_size"] != group.world_size:
+        raise ValueError(f"checkpoint {folder} was written by {state['world_size']} processes, this run has "
+                         f"{group.world_size}: resume with the same world size (or export it and start a "
+                         f"new run from the exported model)")
+
+
 def choose_checkpoint(checkpoints: Checkpoints, resume: str, check) -> Path | None:
     """The checkpoint a run resumes from: `resume` is auto (the newest complete one), none (refuse a folder that
-    has checkpoints) or a folder. The main process decides for all; `check(folder)` vets the chosen one."""
+    has checkpoints) or a folder. The main process decides for all; `check(folder)` vets the chosen one, then its
+    world size must be this run's."""
     group = checkpoints.group
     checkpoints.clean_partial()
     existing = complete_checkpoints(checkpoints.root)
@@ -174,4 +179,5 @@ def choose_checkpoint(checkpoints: Checkpoints, resume: str, check) -> Path | No
     if not folder:
         return None
     check(Path(folder))
+    check_world_size(read_state(folder), folder, group)         # before the model loads, not after
     return Path(folder)
