@@ -58,11 +58,39 @@ def test_user_errors_exit_2_with_one_line(argv, message, capsys):
 def test_console_script_help_and_usage_errors():
     exe = Path(sys.executable).with_name("ppllava")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ppllava"]
-    env = dict(os.environ, TORCH_DEVICE_BACKEND_AUTOLOAD="0")
+    root = str(Path(__file__).resolve().parents[1])             # this checkout's ppllava, whatever is installed
+    env = dict(os.environ, TORCH_DEVICE_BACKEND_AUTOLOAD="0",
+               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     help_text = subprocess.run([*cmd, "parity", "check", "--help"], capture_output=True, text=True, env=env)
     assert help_text.returncode == 0 and "--golden" in help_text.stdout
     missing = subprocess.run([*cmd, "parity", "check"], capture_output=True, text=True, env=env)
     assert missing.returncode == 2 and "--golden" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_traceback_switch_shows_the_traceback_instead_of_the_one_line_error(tmp_path):
+    """README: errors you can fix print one line and exit 2; PPLLAVA_TRACEBACK=1 shows the traceback instead."""
+    exe = Path(sys.executable).with_name("ppllava")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ppllava"]
+    missing = tmp_path / "no-such-golden.pt"
+    root = str(Path(__file__).resolve().parents[1])             # this checkout's ppllava, whatever is installed
+    env = dict(os.environ, TORCH_DEVICE_BACKEND_AUTOLOAD="0", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    env.pop("PPLLAVA_TRACEBACK", None)
+    argv = [*cmd, "parity", "check", "--golden", str(missing)]
+    runs = {switch: subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=dict(env, PPLLAVA_TRACEBACK="1") if switch else env)
+            for switch in (False, True)}
+    (plain_out, plain_err), (trace_out, trace_err) = (runs[s].communicate(timeout=300) for s in (False, True))
+    message = f"golden file {missing} does not exist"
+    assert runs[False].returncode == 2, plain_err
+    assert plain_err.strip().splitlines() == [f"ppllava parity: error: {message} (make one with "
+                                              f"`ppllava parity record --out {missing}`)"]
+    assert runs[True].returncode == 1, trace_err                  # Python's own exit status for an uncaught error
+    lines = trace_err.strip().splitlines()
+    assert lines[0] == "Traceback (most recent call last):" and lines[-1].startswith(f"FileNotFoundError: {message}")
+    assert any(line.strip().startswith('File "') and line.strip().endswith("in load_golden")
+               for line in lines)                                  # the frame that raised it
+    assert "ppllava parity: error:" not in trace_err and plain_out == trace_out == ""
 
 
 def test_bench_ops_reports_unsupported_references_instead_of_failing(capsys):

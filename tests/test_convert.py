@@ -1,5 +1,6 @@
 """`ppllava convert` from tiny saved LLaVA-OneVision + SigLIP and LLaVA-NeXT + CLIP pairs (no download)."""
 
+import copy
 import json
 
 import pytest
@@ -8,8 +9,9 @@ from transformers import AutoTokenizer
 
 from ppllava.model.synthetic import make_batch
 from ppllava.cli import main
-from ppllava.model import extend_positions, load_model
+from ppllava.model import load_model
 from ppllava.model.convert import convert
+from oracles import long_clip_positions
 from tiny_checkpoints import save_clip_pair, save_llava_next, save_llava_onevision, save_siglip_pair
 
 
@@ -46,8 +48,18 @@ def test_onevision_siglip_conversion_keeps_every_part(folders, converted_ov):
         short = ids[:, :8]
         siglip = dual.get_text_features(input_ids=short)
         assert torch.equal(model.prompt_pooling.encode_prompt(short), getattr(siglip, "pooler_output", siglip))
-        positions = model.prompt_pooling.prompt_tower.embeddings.position_embedding.weight
-        assert torch.equal(positions, extend_positions(dual.text_model.embeddings.position_embedding.weight))
+        # the position table, stretched as DESIGN.md says: SigLIP's 64 -> 4*64 - 3*20 = 196 rows, the first 20
+        # kept, then every 4th row a pretrained one with 3 evenly spaced between neighbours (Long-CLIP's loop)
+        positions = model.prompt_pooling.prompt_tower.embeddings.position_embedding.weight.double()
+        pretrained = dual.text_model.embeddings.position_embedding.weight.double()
+        assert positions.shape == (196, 32)
+        torch.testing.assert_close(positions, long_clip_positions(pretrained), rtol=0, atol=1e-6)
+        p, old = positions, pretrained                                          # and a few rows by hand
+        assert torch.equal(p[:20], old[:20])
+        for new_row, expected in [(20, old[20]), (21, 0.75 * old[20] + 0.25 * old[21]), (22, (old[20] + old[21]) / 2),
+                                  (24, old[21]), (27, 0.25 * old[21] + 0.75 * old[22]), (192, old[63]),
+                                  (195, old[63] + 0.75 * (old[63] - old[62]))]:
+            torch.testing.assert_close(p[new_row], expected, rtol=0, atol=1e-6, msg=f"row {new_row}")
         # the per-patch projection is SigLIP's image head applied to one token at a time
         tokens = torch.randn(5, 1, 32)
         expected = dual.vision_model.head(dual.vision_model.post_layernorm(tokens))
@@ -60,12 +72,36 @@ def test_onevision_siglip_conversion_keeps_every_part(folders, converted_ov):
     assert AutoTokenizer.from_pretrained(root / "ppllava-ov").convert_tokens_to_ids("<video>") == config.video_token_id
 
 
-def test_converted_model_generates(converted_ov):
-    batch = make_batch(converted_ov.config, [(2, True, 0), (1, False, 1)], prompt_len=196, seed=1)
-    batch["prompt_input_ids"][:, :] = torch.randint(2, 200, batch["prompt_input_ids"].shape)
+def test_converted_model_generates_what_a_greedy_loop_over_its_forward_picks(converted_ov):
+    # the converted LLM ties its head to the embeddings, so a random one repeats its last token forever; an untied
+    # random head (a copy of the model) makes every step's choice depend on the tokens before it
+    model = copy.deepcopy(converted_ov)
+    head = model.language_model.lm_head
+    head.weight = torch.nn.Parameter(torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(0)) / 2)
+    # row 0 (a 2-frame video: 81 tokens) is left-padded to row 1's two images (162 tokens)
+    batch = make_batch(model.config, [(2, True, 0), (1, False, 1), (1, False, 1)], prompt_len=196, seed=1)
+    batch["prompt_input_ids"][:, :] = torch.randint(2, 200, batch["prompt_input_ids"].shape,
+                                                    generator=torch.Generator().manual_seed(1))
+    assert batch["attention_mask"].sum(1).tolist() == [81 + 6, 162 + 6]
+    steps = 5
     with torch.no_grad():
-        out = converted_ov.generate(**batch, max_new_tokens=4, do_sample=False)
-    assert out.shape == (2, batch["input_ids"].shape[1] + 4)
+        out = model.generate(**batch, max_new_tokens=steps, do_sample=False)
+        # by hand: no cache, every step the whole sequence again, the highest logit of its last position
+        first = model(**batch).logits[:, -1]                       # the full forward: visuals through the pooling
+        embeds = model.embed_inputs(**{k: v for k, v in batch.items() if k != "attention_mask"})
+        mask, picked = batch["attention_mask"], []
+        for step in range(steps):
+            logits = model.language_model(inputs_embeds=embeds, attention_mask=mask).logits[:, -1]
+            if step == 0:
+                torch.testing.assert_close(logits, first)
+            token = logits.argmax(-1)
+            picked.append(token)
+            embeds = torch.cat([embeds, model.get_input_embeddings()(token)[:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    picked = torch.stack(picked, dim=1)
+    assert torch.equal(out[:, :batch["input_ids"].shape[1]], batch["input_ids"])
+    assert torch.equal(out[:, batch["input_ids"].shape[1]:], picked), (out[:, -steps:], picked)
+    assert all(len(set(row)) > 2 for row in picked.tolist())         # no repeated token hides an off-by-one
 
 
 def test_next_clip_conversion(folders, tmp_path):
@@ -78,6 +114,10 @@ def test_next_clip_conversion(folders, tmp_path):
         convert(root / "next", root / "clip", tmp_path / "out")
     model = load_model(tmp_path / "out").eval()
     dual = models["clip"].eval()
+    positions = model.prompt_pooling.prompt_tower.text_model.embeddings.position_embedding.weight.double()
+    pretrained = dual.text_model.embeddings.position_embedding.weight.double()
+    assert positions.shape[0] == 4 * 77 - 3 * 20 == 248
+    torch.testing.assert_close(positions, long_clip_positions(pretrained), rtol=0, atol=1e-6)
     ids = torch.randint(2, 200, (1, 12))
     ids[0, -1] = 1
     with torch.no_grad():
