@@ -319,8 +319,8 @@ def test_alignment_loss_falls_and_retrieval_rises(aligned):
     assert (out / "checkpoints" / "step-000080" / "text_tower" / "tokenizer.json").is_file()
 
 
-def align_argv(aligned, out, *overrides) -> list[str]:
-    return TORCHRUN + ["-m", "ppllava", "align", "--config", str(RECIPE), f"vision={aligned['internvl']}",
+def align_argv(aligned, out, *overrides, launcher=TORCHRUN) -> list[str]:
+    return launcher + ["-m", "ppllava", "align", "--config", str(RECIPE), f"vision={aligned['internvl']}",
                        f"text={aligned['text']}", f"data={aligned['train']}", f"output_dir={out}", *overrides]
 
 
@@ -381,6 +381,22 @@ def test_sigterm_saves_a_checkpoint_then_the_same_command_finishes(aligned, tmp_
     after = json.loads(retrieval.read_text())
     assert sorted(after) == ["after", "before"] and after["before"] == before["before"], after
     assert after["after"]["accuracy"] > 4 * after["after"]["chance"], after
+
+
+def test_sigterm_to_a_single_process_alignment_exits_143(aligned, tmp_path):
+    """Without torchrun (whose agent exits 1 on a signal) `ppllava align` itself exits 128 + SIGTERM after saving."""
+    out = tmp_path / "alone"
+    argv = align_argv(aligned, out, "eval_data=null", "save_every=1000", launcher=[sys.executable])
+    metrics = out / "metrics.jsonl"
+    with Job(argv, tmp_path / "alone.log", "the single-process alignment to be stopped") as job:
+        job.wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 2,
+                     "2 rows in metrics.jsonl to signal the run after")
+        job.proc.send_signal(signal.SIGTERM)
+        code, log = job.finish(STOP_DEADLINE)
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert code == 143, log[-3000:]
+    assert f"stopped by signal at step {steps[-1]}" in log
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == [f"step-{steps[-1]:06d}"]
 
 
 @pytest.fixture(scope="module")
