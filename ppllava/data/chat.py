@@ -78,6 +78,22 @@ def content_style(tokenizer) -> str:
     raise DataError("the chat template renders neither plain-string message content nor typed content parts")
 
 
+def _take_run(pending: list[list[int]], token: int, total: int) -> list[int]:
+    """The first pending medium of the mark's kind (a template may write a turn's images before its videos)."""
+    if not pending:
+        raise DataError(f"the conversation has more media marks than its {total} media")
+    run = pending.pop(next((k for k, r in enumerate(pending) if token in r), 0))
+    if run and token not in run:
+        raise DataError(f"medium {total - len(pending) - 1}: its mark token {token} does not match its placeholder "
+                        f"run of token {max(set(run), key=run.count)} (an image where a video is expected?)")
+    return run
+
+
+def _check_all_taken(pending: list[list[int]], runs: list[list[int]]) -> None:
+    if pending:
+        raise DataError(f"the conversation marks {len(runs) - len(pending)} media but {len(runs)} were given")
+
+
 class ChatEncoder:
     """Render, tokenize, mask and expand conversations for one LLM tokenizer and model config."""
 
@@ -174,14 +190,7 @@ class ChatEncoder:
         placeholder = set(self.ids.values())
         for token, (start, _) in zip(enc["input_ids"], enc["offset_mapping"]):
             if token in placeholder:
-                if not pending:
-                    raise DataError(f"the conversation has more media marks than its {len(runs)} media")
-                # the first pending medium of this kind (a template may write a turn's images before its videos)
-                run = pending.pop(next((k for k, r in enumerate(pending) if token in r), 0))
-                if run and token not in run:
-                    raise DataError(f"medium {len(runs) - len(pending) - 1}: its mark token {token} does not match "
-                                    f"its placeholder run of token {max(set(run), key=run.count)} (an image where a "
-                                    f"video is expected?)")
+                run = _take_run(pending, token, len(runs))
                 ids += run
                 labels += [IGNORE] * len(run)
                 continue
@@ -194,9 +203,16 @@ class ChatEncoder:
         if self.close_turns and labels and labels[-1] != IGNORE:
             ids.append(self.tokenizer.eos_token_id)
             labels.append(self.tokenizer.eos_token_id)
-        if pending:
-            raise DataError(f"the conversation marks {len(runs) - len(pending)} media but {len(runs)} were given")
+        _check_all_taken(pending, runs)
         return Encoded(torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long), messages)
+
+    def expand(self, ids: list[int], runs: list[list[int]]) -> torch.Tensor:
+        """Token ids of a rendered conversation with each medium's mark replaced by its run (in order)."""
+        out, pending, placeholder = [], list(runs), set(self.ids.values())
+        for token in ids:
+            out += _take_run(pending, token, len(runs)) if token in placeholder else [token]
+        _check_all_taken(pending, runs)
+        return torch.tensor(out, dtype=torch.long)
 
     def encode_fitting(self, messages, runs: list[list[int]], max_length: int) -> Encoded:
         """encode(), dropping trailing media-free turns to fit max_length (see the module docstring)."""

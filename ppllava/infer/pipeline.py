@@ -24,11 +24,11 @@ import backends
 from backends.device import dtype_from_name, resolve_device, synchronize
 
 from ..conversation import pooling_prompt
-from ..data import ChatEncoder, Preprocessor, get_reader, read_image
+from ..data import get_reader, read_image
 from ..data.readers import FrameFolderReader
 from ..data.sampling import frame_window, read_clip
 from ..model.checkpoint import load_model, load_tokenizers, read_config
-from ..model.context import encode_prompts
+from ..processing import PPLLaVAProcessor
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 
@@ -56,10 +56,8 @@ class Pipeline:
     def __init__(self, model, tokenizer, prompt_tokenizer, device: torch.device, frames: int = 32, reader: str = "auto"):
         self.model, self.tokenizer, self.prompt_tokenizer = model.eval(), tokenizer, prompt_tokenizer
         self.config, self.device, self.frames, self.reader_name = model.config, device, frames, reader
-        self.encoder = ChatEncoder.for_config(tokenizer, model.config)
-        self.preprocess = Preprocessor.for_config(model.config)
-        family = model.config.tower_family()
-        self.pad_prompts = family.pad_prompts_to_max
+        self.processor = PPLLaVAProcessor(tokenizer, prompt_tokenizer, model.config)   # the one path to inputs
+        self.encoder, self.preprocess = self.processor.encoder, self.processor.preprocess
         self.stop_ids = self._stop_ids()
 
     def _stop_ids(self) -> list[int]:
@@ -134,18 +132,13 @@ class Pipeline:
 
         The prompt tower reads the user questions so far, or `pooling_text` when given (evaluation passes
         the question and its options without the answer-format instruction)."""
-        runs = [self.config.placeholders(len(visual.indices), visual.is_video)] if visual is not None else []
-        encoded = self.encoder.encode(messages, runs, add_generation_prompt=True)
-        ids = encoded.input_ids.unsqueeze(0).to(self.device)
-        out = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        if visual is None:
-            return out
-        prompt = encode_prompts(self.prompt_tokenizer, [pooling_text or self._pooling_text(messages)],
-                                self.config.prompt_config.max_position_embeddings, self.pad_prompts)
-        return {**out, "patches": visual.patches, "visual_frames": torch.tensor([len(visual.indices)]),
-                "visual_is_video": torch.tensor([visual.is_video]), "visual_sample": torch.tensor([0]),
-                "prompt_input_ids": prompt["input_ids"].to(self.device),
-                "prompt_attention_mask": prompt["attention_mask"].to(self.device)}
+        media = [(len(visual.indices), visual.is_video)] if visual is not None else []
+        out = self.processor.text_inputs(messages, media)
+        if visual is not None:
+            out |= self.processor.layout(media) | self.processor.prompt_inputs(pooling_text or
+                                                                              self._pooling_text(messages))
+        out = {k: v.to(self.device) for k, v in out.items()}
+        return out | {"patches": visual.patches} if visual is not None else out
 
     def _pooling_text(self, messages: list[dict]) -> str:
         """The user questions so far; in a long chat the oldest go first, so the current one always fits."""
@@ -178,10 +171,10 @@ class Pipeline:
         if self.config.pooling_mode != "prompt":
             raise ValueError(f"this checkpoint pools with pooling_mode={self.config.pooling_mode!r}, which does not "
                              f"use the prompt's relevance map")
-        prompt = encode_prompts(self.prompt_tokenizer, [pooling_prompt([_user(question, visual)])],
-                                self.config.prompt_config.max_position_embeddings, self.pad_prompts)
+        prompt = self.processor.prompt_inputs(pooling_prompt([_user(question, visual)]))
         pooling = self.model.prompt_pooling
-        text = pooling.encode_prompt(prompt["input_ids"].to(self.device), prompt["attention_mask"].to(self.device))
+        text = pooling.encode_prompt(prompt["prompt_input_ids"].to(self.device),
+                                     prompt["prompt_attention_mask"].to(self.device))
         embeds = pooling.embed_patches(visual.patches)
         return backends.relevance_map(embeds[None], text, self.config.relevance_scale)[0].float().cpu()
 

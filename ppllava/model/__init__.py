@@ -16,6 +16,8 @@ AutoConfig.register(PPLLaVAConfig.model_type, PPLLaVAConfig, exist_ok=True)
 AutoModelForImageTextToText.register(PPLLaVAConfig, PPLLaVAForConditionalGeneration, exist_ok=True)
 AutoConfig.register(AlignedTextTowerConfig.model_type, AlignedTextTowerConfig, exist_ok=True)
 
+from .. import processing  # noqa: E402,F401  (PPLLaVAProcessor registers itself with AutoProcessor)
+
 __all__ = [
     "PPLLaVAConfig", "PPLLaVAForConditionalGeneration", "AlignedTextTower", "AlignedTextTowerConfig", "PromptGuidedPooling", "MultiModalProjector",
     "FAMILIES", "available_architectures", "build_model", "load_config", "load_model",

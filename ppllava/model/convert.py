@@ -30,6 +30,7 @@ from transformers import (AutoTokenizer, InternVLForConditionalGeneration, Llava
 from .checkpoint import PROMPT_TOKENIZER_DIR, check_shapes, save_weights
 from .config import PPLLaVAConfig
 from ..data import ChatEncoder
+from ..processing import write_processor_config
 from .chat_format import base_chat_template, visual_wrap_tokens
 from .context import KEEP, STRETCH, extend_positions, extended_length
 from .mapping import Ledger, Rule, UnmappedTensor
@@ -206,6 +207,7 @@ def convert(base_dir, text_tower_dir, out_dir, keep: int = KEEP, stretch: int = 
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.partial-") as tmp:
         tokenizer.save_pretrained(tmp)
         prompt_tokenizer.save_pretrained(Path(tmp) / PROMPT_TOKENIZER_DIR)
+        write_processor_config(tmp)                      # AutoProcessor.from_pretrained finds PPLLaVAProcessor
         save_weights(config, ledger.state, tmp, base.dtype, "converted weights")
         report = {"base": str(base_dir), "text_tower": str(text_tower_dir), "dtype": str(base.dtype).removeprefix("torch."),
                   "relevance_scale": config.relevance_scale, "chat_template": template_source,

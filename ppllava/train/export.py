@@ -18,6 +18,7 @@ import torch
 from backends.device import dtype_from_name
 
 from ..model.checkpoint import PROMPT_TOKENIZER_DIR, load_tokenizers, read_config, save_weights
+from ..processing import write_processor_config
 from .checkpoint import find_checkpoint, read_state
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str | torc
         tokenizer, prompt_tokenizer = load_tokenizers(folder)
         tokenizer.save_pretrained(tmp)
         prompt_tokenizer.save_pretrained(Path(tmp) / PROMPT_TOKENIZER_DIR)
+        write_processor_config(tmp)                      # AutoProcessor.from_pretrained finds PPLLaVAProcessor
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)                              # the folder appears complete or not at all
