@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from align_data import CAPTIONS, write_pairs
 from align_loss_worker import batch, loss_and_grads
+from procs import kill_tree
 from ppllava.align.config import load_align_config
 from ppllava.align.losses import ClipLoss, SigLipLoss
 from ppllava.align.pairs import PairDataset, load_pairs
@@ -79,20 +80,8 @@ class Job:
         return self.log.read_text(errors="replace")
 
     def kill(self) -> None:
-        import psutil                                           # a dependency of deepspeed
-
-        try:
-            agent = psutil.Process(self.proc.pid)
-            family = [agent, *agent.children(recursive=True)]  # the whole tree first, then kill it
-        except psutil.NoSuchProcess:
-            family = []
-        for p in family:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
+        kill_tree(self.proc.pid)                                # the whole tree first, then kill it
         self.proc.wait()
-        psutil.wait_procs(family, timeout=30)
 
     def fail(self, problem: str) -> None:
         self.kill()

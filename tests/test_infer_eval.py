@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from infer_models import STOPS, greedy_by_hand, save_talkative_checkpoint
+from procs import kill_tree
 
 from ppllava.cli import main
 from ppllava.evaluate import LETTERS, Question, accuracy, answer_all, extract_choice, load_benchmark, mc_prompt
@@ -267,23 +268,12 @@ def test_public_layouts_mvbench_task_folders_and_windows_nextqa_id_map(tmp_path,
 def run_to_exit(argv, deadline_s, **kwargs):
     """(returncode, stderr) of a command waited on until it exits. Past `deadline_s` its whole process tree is
     killed (torchrun's workers run in sessions of their own) and the test fails saying so."""
-    import psutil
-
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, **kwargs)
     try:
         _, stderr = proc.communicate(timeout=deadline_s)
     except subprocess.TimeoutExpired:
-        try:
-            tree = psutil.Process(proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            tree = []
-        for p in tree:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        proc.kill()
+        kill_tree(proc.pid)
         _, stderr = proc.communicate()
         pytest.fail(f"{' '.join(map(str, argv[:6]))} ... did not exit within the {deadline_s} s deadline; its "
                     f"processes were killed. stderr tail:\n{stderr[-3000:]}")

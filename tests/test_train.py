@@ -22,7 +22,7 @@ from ppllava.train.config import load_train_config
 from ppllava.train.deepspeed_config import deepspeed_config
 from ppllava.train.optim import WarmupCosine, param_groups, warmup_steps
 from ppllava.train.stream import ResumableSampler
-from train_procs import Launched
+from procs import Launched
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "configs" / "train").glob("*.yaml"))

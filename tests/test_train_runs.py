@@ -6,7 +6,7 @@ micro-batches of different kinds (or none at all): the runs finishing is the che
 still takes part in the same collectives.
 
 Each run is the tiny recipe on generated data, started as a user would: torchrun (or `ppllava launch`)
-in a subprocess (tests/train_procs.py: waits with deadlines, the whole process tree killed on a failure).
+in a subprocess (tests/procs.py: waits with deadlines, the whole process tree killed on a failure).
 The shared-memory op DeepSpeed compiles on first use is cached under build/.
 """
 
@@ -29,7 +29,7 @@ from ppllava.model import load_model  # noqa: E402
 from ppllava.model.tiny import save_tiny_checkpoint  # noqa: E402
 from ppllava.train.checkpoint import STATE_FILE, complete_checkpoints  # noqa: E402
 from train_data import write_training_data  # noqa: E402
-from train_procs import Launched  # noqa: E402
+from procs import Launched  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "train" / "tiny.yaml"

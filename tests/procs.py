@@ -1,5 +1,5 @@
-"""The training tests' subprocesses: started in a session of their own with stdout and stderr in files,
-waited for with explicit deadlines that fail naming what was awaited (and the output's tail), and killed
+"""Subprocesses of the tests (training, alignment, evaluation): started in a session of their own with
+stdout and stderr in files, waited for with explicit deadlines that fail naming what was awaited (and the output's tail), and killed
 with their whole process tree, so that none outlives its test.
 
 torchrun's workers run in sessions of their own (a kill of torchrun's process group misses them) and
