@@ -1,6 +1,6 @@
 """Subprocesses of the tests (training, alignment, evaluation): started in a session of their own with
-stdout and stderr in files, waited for with explicit deadlines that fail naming what was awaited (and the output's tail), and killed
-with their whole process tree, so that none outlives its test.
+stdout and stderr in files, waited for with explicit deadlines that fail naming what was awaited (and the
+output's tail), and killed with their whole process tree, so that none outlives its test.
 
 torchrun's workers run in sessions of their own (a kill of torchrun's process group misses them) and
 DataLoader workers run under them: kill_tree finds every descendant through /proc, stops them all
@@ -55,15 +55,17 @@ def _signal(fd: int, sig: int) -> None:
 def kill_tree(pid: int, timeout: float = 120) -> list[int]:
     """SIGKILL `pid` and every process below it; return once all have exited. Returns the pids killed."""
     fds: dict[int, int] = {}
+    gone: set[int] = set()                                # exited (and reaped) already: nothing to kill
     try:
         while True:                                       # until no stopped process has a child not yet seen
-            new = [p for p in process_tree(pid) if p not in fds]
+            new = [p for p in process_tree(pid) if p not in fds and p not in gone]
             if not new:
                 break
             for p in new:
                 try:
                     fds[p] = os.pidfd_open(p)
                 except ProcessLookupError:
+                    gone.add(p)
                     continue
                 _signal(fds[p], signal.SIGSTOP)
         for fd in fds.values():
