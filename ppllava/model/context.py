@@ -57,5 +57,6 @@ def encode_prompts(tokenizer, texts: list[str], max_length: int, pad_to_max: boo
     message = truncate_warning([len(ids) for ids in full], max_length)
     if message:
         log.warning(message)
+    # SigLIP's (slow) tokenizer returns no attention mask unless asked: its tower does not read one
     return tokenizer(list(texts), padding="max_length" if pad_to_max else "longest", truncation=True,
-                     max_length=max_length, return_tensors="pt")
+                     max_length=max_length, return_attention_mask=True, return_tensors="pt")
