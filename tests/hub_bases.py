@@ -821,3 +821,25 @@ def write_pair(base: str, directory) -> tuple[Path, Path]:
     """A base and its PAIRS tower, in directory/base and directory/tower."""
     root = Path(directory)
     return write_base(base, root / base), write_tower(PAIRS[base], root / PAIRS[base])
+
+
+# the real widths of the towers (for measuring convert's memory at full width; the depths stay shrunk)
+FULL_WIDTH = {"llava-onevision-qwen2-7b-ov": (dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28),
+                                               dict(hidden_size=1152, intermediate_size=4304, num_attention_heads=16))}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write a Hub-shaped base and its tower to DIR/base and DIR/tower.")
+    parser.add_argument("base", choices=sorted(BASES))
+    parser.add_argument("directory")
+    parser.add_argument("--full-width", action="store_true", help=f"real widths (bases: {', '.join(FULL_WIDTH)})")
+    args = parser.parse_args()
+    if args.full_width:
+        if args.base not in FULL_WIDTH:
+            parser.error(f"--full-width: one of {', '.join(FULL_WIDTH)}")
+        LLM.update(FULL_WIDTH[args.base][0])
+        VISION.update(FULL_WIDTH[args.base][1])
+    write_base(args.base, Path(args.directory) / "base")
+    write_tower(PAIRS[args.base], Path(args.directory) / "tower")
