@@ -143,3 +143,52 @@ def test_a_base_without_any_template_gets_its_family_default_by_name(hub, tmp_pa
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
     assert tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == \
         EXPECTED_PROMPT[hub["name"]]
+
+
+@pytest.fixture(scope="module")
+def onevision(tmp_path_factory):
+    root = tmp_path_factory.mktemp("onevision-files")
+    return write_base("llava-onevision-qwen2-7b-ov", root / "base", dtype="float32"), \
+        write_tower("siglip-so400m-patch14-384", root / "tower")
+
+
+def _edited(folder, tmp_path, name, change):
+    copy = tmp_path / "base"
+    shutil.copytree(folder, copy)
+    data = json.loads((copy / name).read_text())
+    change(data)
+    (copy / name).write_text(json.dumps(data))
+    return copy
+
+
+def test_the_bases_own_normalisation_is_kept(onevision, tmp_path):
+    base, tower = onevision
+    edited = _edited(base, tmp_path, "preprocessor_config.json", lambda d: d.update(image_mean=[0.4, 0.5, 0.5]))
+    for folder, out in ((base, tmp_path / "plain"), (edited, tmp_path / "edited")):
+        assert main(["convert", "--base", str(folder), "--text-tower", str(tower), "--out", str(out)]) == 0
+    plain, changed = (Pipeline.load(tmp_path / name, device="cpu", dtype=torch.float32) for name in ("plain", "edited"))
+    assert plain.config.image_mean is None and changed.config.image_mean == [0.4, 0.5, 0.5]
+    frames = torch.randint(0, 256, (1, 50, 60, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    a, b = plain.preprocess(frames), changed.preprocess(frames)
+    torch.testing.assert_close(b[:, 0] - a[:, 0], torch.full_like(a[:, 0], 0.1 / 0.5))    # (x - 0.4) / 0.5
+    assert torch.equal(a[:, 1:], b[:, 1:])
+    assert "its own normalisation" in json.loads((tmp_path / "edited" / "conversion.json").read_text())[
+        "image_processing"]
+
+
+@pytest.mark.parametrize("name,change,message", [
+    ("preprocessor_config.json", lambda d: d.update(size={"height": 336, "width": 336}),
+     "resizes to [336] but the vision tower takes 384 px images"),
+    ("preprocessor_config.json", lambda d: d.update(resample=2), "resample 2; PPLLaVA resizes with bicubic"),
+    ("preprocessor_config.json", lambda d: d.update(do_center_crop=True), "do_center_crop True but this tower"),
+    ("processor_config.json", lambda d: d.update(image_token="<video>"),
+     "image_token '<video>' is token 151647 of the tokenizer, but the base's config uses 151646"),
+])
+def test_processor_files_that_do_not_fit_exit_2(onevision, tmp_path, capsys, name, change, message):
+    base, tower = onevision
+    edited = _edited(base, tmp_path, name, change)
+    capsys.readouterr()
+    assert main(["convert", "--base", str(edited), "--text-tower", str(tower), "--out", str(tmp_path / "out")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "Loading weights" not in line]
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out").exists()

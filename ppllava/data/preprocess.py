@@ -126,6 +126,7 @@ class Preprocessor:
             raise ValueError(f"no preprocessing preset for vision tower {vision.model_type!r} "
                              f"(known: {', '.join(sorted(PRESETS))})")
         crop, mean, std = PRESETS[vision.model_type]
+        mean, std = tuple(getattr(config, "image_mean", None) or mean), tuple(getattr(config, "image_std", None) or std)
         return cls(side(vision.image_size), crop, mean, std)
 
     def resized_shape(self, height: int, width: int) -> tuple[int, int]:

@@ -63,3 +63,58 @@ def visual_wrap_tokens(tokenizer, model_type: str) -> dict:
                              f"image's tokens in <img> ... </img>")
         ids.append(token_id)
     return {"visual_start_token_id": ids[0], "visual_end_token_id": ids[1]}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a JSON file ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def _sizes(value) -> set[int]:
+    if isinstance(value, dict):
+        return {int(v) for k, v in value.items() if k in ("height", "width", "shortest_edge") and v}
+    return {int(value)} if value else set()
+
+
+def base_image_processing(base_dir: str | Path, image_size: int, crop: bool, preset: tuple) -> tuple[dict, str]:
+    """PPLLaVAConfig fields from the base's preprocessor_config.json (its normalisation, where it differs from
+    the family preset), after checking that its resize is the one PPLLaVA does (bicubic to the vision tower's
+    image size, centre-cropped for CLIP, squashed to a square otherwise). (fields, where they came from)."""
+    path = Path(base_dir) / "preprocessor_config.json"
+    if not path.is_file():
+        return {}, "none shipped: the tower family's preset"
+    data = _read_json(path)
+    sizes = _sizes(data.get("size")) | _sizes(data.get("crop_size"))
+    if sizes - {image_size}:
+        raise ValueError(f"{path}: resizes to {sorted(sizes)} but the vision tower takes {image_size} px images")
+    if data.get("resample", 3) != 3:
+        raise ValueError(f"{path}: resample {data['resample']}; PPLLaVA resizes with bicubic (3) only")
+    if bool(data.get("do_center_crop")) != crop:
+        raise ValueError(f"{path}: do_center_crop {data.get('do_center_crop')} but this tower family "
+                         f"{'crops' if crop else 'squashes to a square'}")
+    fields = {}
+    for key, default in (("image_mean", preset[0]), ("image_std", preset[1])):
+        value = data.get(key)
+        if value is not None and [round(float(v), 8) for v in value] != [round(v, 8) for v in default]:
+            fields[key] = [float(v) for v in value]
+    return fields, "preprocessor_config.json" + (" (its own normalisation)" if fields else "")
+
+
+def check_processor_tokens(base_dir: str | Path, tokenizer, image_token_id: int, video_token_id: int | None) -> None:
+    """The image/video token strings of the base's processor_config.json are the model's placeholder ids."""
+    path = Path(base_dir) / "processor_config.json"
+    if not path.is_file():
+        return
+    data = _read_json(path)
+    for key, token_id in (("image_token", image_token_id), ("video_token", video_token_id)):
+        token = data.get(key)
+        if token is None or token_id is None:
+            continue
+        if tokenizer.convert_tokens_to_ids(token) != token_id:
+            raise ValueError(f"{path}: {key} {token!r} is token {tokenizer.convert_tokens_to_ids(token)} of the "
+                             f"tokenizer, but the base's config uses {token_id}")

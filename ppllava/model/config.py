@@ -67,6 +67,9 @@ class PPLLaVAConfig(PreTrainedConfig):
     # placeholder tokens in the LLM's input_ids, each replaced by one visual token
     image_token_id: int | None = None
     video_token_id: int | None = None
+    # the base's image normalisation where it differs from its tower family's preset (data/preprocess.py)
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
     # tokens around each item's placeholder run, as InternVL writes <img> ... </img>; None for LLaVA's bases
     visual_start_token_id: int | None = None
     visual_end_token_id: int | None = None

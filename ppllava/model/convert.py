@@ -27,11 +27,12 @@ from transformers import logging as hf_logging
 from transformers import (AutoTokenizer, InternVLForConditionalGeneration, LlavaNextForConditionalGeneration,
                           LlavaOnevisionForConditionalGeneration)
 
-from .checkpoint import PROMPT_TOKENIZER_DIR, check_shapes, save_weights
-from .config import PPLLaVAConfig
 from ..data import ChatEncoder
+from ..data.preprocess import PRESETS
 from ..processing import write_processor_config
-from .chat_format import base_chat_template, visual_wrap_tokens
+from .chat_format import base_chat_template, base_image_processing, check_processor_tokens, visual_wrap_tokens
+from .checkpoint import PROMPT_TOKENIZER_DIR, check_shapes, save_weights
+from .config import PPLLaVAConfig, side
 from .context import KEEP, STRETCH, extend_positions, extended_length
 from .mapping import Ledger, Rule, UnmappedTensor
 from .towers import family_of_dual, family_of_vision
@@ -199,7 +200,11 @@ def convert(base_dir, text_tower_dir, out_dir, keep: int = KEEP, stretch: int = 
     tokenizer.chat_template = template
     base = _load(architecture.model_class, base_dir, "base", dtype=dtype or "auto")
     dual = _load(family.dual_class, text_tower_dir, "text tower", dtype=base.dtype)
-    config = build_config(base, dual, keep, stretch, visual_wrap_tokens(tokenizer, base_type))
+    crop, mean, std = PRESETS[base.config.vision_config.model_type]
+    image_fields, image_source = base_image_processing(base_dir, side(base.config.vision_config.image_size), crop,
+                                                       (mean, std))
+    config = build_config(base, dual, keep, stretch, {**visual_wrap_tokens(tokenizer, base_type), **image_fields})
+    check_processor_tokens(base_dir, tokenizer, config.image_token_id, config.video_token_id)
     config.dtype = base.dtype
     encoder = ChatEncoder.for_config(tokenizer, config)       # the base's template writes our placeholders
     ledger = build_state(base, dual, config, keep, stretch)
@@ -211,6 +216,7 @@ def convert(base_dir, text_tower_dir, out_dir, keep: int = KEEP, stretch: int = 
         save_weights(config, ledger.state, tmp, base.dtype, "converted weights")
         report = {"base": str(base_dir), "text_tower": str(text_tower_dir), "dtype": str(base.dtype).removeprefix("torch."),
                   "relevance_scale": config.relevance_scale, "chat_template": template_source,
+                  "image_processing": image_source,
                   "content": encoder.style, "summary": ledger.summary(), "tensors": ledger.rows}
         (Path(tmp) / REPORT).write_text(json.dumps(report, indent=1), encoding="utf-8")
         if (Path(base_dir) / "generation_config.json").is_file():   # the base's stop tokens and defaults
