@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import yaml
+from .errors import read_yaml
 
 DEVICES = ("cpu", "cuda", "npu")
 BACKENDS = ("gloo", "nccl", "hccl")
@@ -179,15 +179,9 @@ def cluster_from_dict(data: Mapping, path: str | Path = "<cluster>") -> ClusterC
 def load_cluster(path: str | Path) -> ClusterConfig:
     """Read and check a cluster YAML file (schema: the comment at the top of configs/cluster/*.yaml)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"cluster config {path} does not exist (see configs/cluster/)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise _fail(path, f"not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
-    return cluster_from_dict(data, path)
+    return cluster_from_dict(read_yaml(path), path)
 
 
 def resolve_master_addr(cluster: ClusterConfig, given: str | None = None) -> str | None:

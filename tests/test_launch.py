@@ -145,7 +145,7 @@ def test_load_cluster_rejects_missing_keys_and_bad_yaml(tmp_path):
     with pytest.raises(ValueError, match="missing required key"):
         launch.load_cluster(path)
     path.write_text("nodes: [1\n")
-    with pytest.raises(ValueError, match=r"not valid YAML at line \d"):
+    with pytest.raises(ValueError, match=r"not valid YAML \(line \d+, column \d+: "):
         launch.load_cluster(path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         launch.load_cluster(tmp_path / "missing.yaml")

@@ -11,12 +11,25 @@ import logging
 import os
 import sys
 
+from safetensors import SafetensorError
+
 from backends import DeviceUnavailable, ImplementationUnavailable
 
 from . import align, bench, convert, demo, env, evaluate, explain, infer, launch, parity, train
 
 COMMANDS = (env, convert, parity, bench, demo, train, align, launch, infer, evaluate, explain)
-USER_ERRORS = (ValueError, FileNotFoundError, DeviceUnavailable, ImplementationUnavailable)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# bad input, whichever library noticed it: our own errors (ppllava.errors.UserError and DataError are ValueErrors),
+# a user's path that is missing, a folder, not a folder or not readable, and a damaged safetensors file
+USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+               DeviceUnavailable, ImplementationUnavailable, SafetensorError)
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"{text} ({type(error).__name__})" if isinstance(error, SafetensorError) else text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="PPLLaVA: prompt-guided pooling video LLM on CPU, CUDA and Ascend NPU.",
         epilog="Op implementations can be forced with PPLLAVA_OPS (e.g. PPLLAVA_OPS=native); see README.",
     )
-    parser.add_argument("--log-level", default=os.environ.get("PPLLAVA_LOG_LEVEL", "WARNING"),
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level (default WARNING)")
+    parser.add_argument("--log-level", default=os.environ.get("PPLLAVA_LOG_LEVEL", "WARNING"), type=str.upper,
+                        choices=LOG_LEVELS, help="logging level (default WARNING, or PPLLAVA_LOG_LEVEL)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
         module.add_parser(sub)
@@ -36,14 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    if args.log_level.upper() not in LOG_LEVELS:              # a default from PPLLAVA_LOG_LEVEL is not checked
+        print(f"ppllava: error: PPLLAVA_LOG_LEVEL={args.log_level!r}: one of {', '.join(LOG_LEVELS)}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.run(args) or 0
+        code = args.run(args) or 0
+        sys.stdout.flush()                                    # a closed pipe shows here, not at exit
+        return code
     except USER_ERRORS as e:
         if os.environ.get("PPLLAVA_TRACEBACK"):
             raise
-        print(f"ppllava {args.command}: error: {e}", file=sys.stderr)
+        print(f"ppllava {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:                                   # e.g. `ppllava env --json | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141                                            # 128 + SIGPIPE, as a shell reports it
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -62,6 +62,19 @@ def _parts(message: dict, video_part: str) -> list[dict]:
             {"type": "image" if p["type"] == "image" else video_part} for p in content]
 
 
+def _check_text(message: dict, index: int) -> None:
+    """Text that is not valid Unicode (undecodable bytes of a command line, a lone surrogate of a JSON escape) is a
+    DataError naming the message, before a tokenizer fails on it."""
+    content = message["content"]
+    texts = [content] if isinstance(content, str) else [p.get("text", "") for p in content if p.get("type") == "text"]
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise DataError(f"message {index} ({message['role']}) is not valid text: {e.reason} at character "
+                            f"{e.start} ({text[max(0, e.start - 10):e.start]!r}...); pass UTF-8") from None
+
+
 def content_style(tokenizer) -> str:
     """"parts" where the chat template renders typed content parts ({"type": "text", ...}, as the llava-hf and
     InternVL templates), else "string" where it renders plain-string content (as Qwen2's text template)."""
@@ -159,6 +172,8 @@ class ChatEncoder:
     def render(self, messages, add_generation_prompt: bool = False) -> str:
         """The template's text of `messages`; media are typed parts where the template takes them, else marks
         joined to the text with newlines."""
+        for k, message in enumerate(messages):
+            _check_text(message, k)
         if self.style == "parts":
             chat = [{"role": m["role"], "content": _parts(m, self.video_part)} for m in messages]
         else:

@@ -34,8 +34,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import yaml
-
+from ..errors import read_yaml
 from .errors import DataError
 
 FORMATS = ("llava", "videochat2")
@@ -91,7 +90,7 @@ def load_data_config(path) -> DataConfig:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data config {path} does not exist")
-    return data_config_from_dict(yaml.safe_load(path.read_text()) or {}, base=path.parent, where=str(path))
+    return data_config_from_dict(read_yaml(path) or {}, base=path.parent, where=str(path))
 
 
 def data_config_from_dict(raw: dict, base=".", where: str = "data config") -> DataConfig:

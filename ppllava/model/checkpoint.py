@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import save_torch_state_dict
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from transformers import AutoTokenizer
 
+from ..errors import UserError
 from .config import PPLLaVAConfig
 from .modeling import PPLLaVAForConditionalGeneration
 
@@ -44,8 +45,12 @@ def _checkpoint_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
     for name in files:
         if not (directory / name).is_file():
             raise FileNotFoundError(f"checkpoint {directory}: {name} is missing")
-        with safe_open(directory / name, framework="pt") as f:
-            shapes.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
+        try:
+            with safe_open(directory / name, framework="pt") as f:
+                shapes.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
+        except SafetensorError as e:
+            raise UserError(f"checkpoint {directory}: {name} is not a complete safetensors file ({e}); it may have "
+                            f"been cut short: copy, convert or export it again") from e
     return shapes
 
 

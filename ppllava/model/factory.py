@@ -11,8 +11,8 @@ import dataclasses
 from pathlib import Path
 
 import torch
-import yaml
 
+from ..errors import read_yaml
 from .config import PPLLaVAConfig
 from .context import extended_length
 from .modeling import PPLLaVAForConditionalGeneration
@@ -55,7 +55,7 @@ def config_from_dict(data: dict, source: str = "config") -> PPLLaVAConfig:
 def load_config(name_or_path: str | Path) -> PPLLaVAConfig:
     """A PPLLaVAConfig from an architecture name (configs/model/<name>.yaml) or a YAML path."""
     path = _resolve(name_or_path)
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of PPLLaVAConfig fields")
     return config_from_dict(data, str(path))

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from ..errors import UserError, parse_yaml, read_yaml
 
 DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
 PRECISIONS = ("bf16", "fp16", "fp32")
@@ -132,8 +132,10 @@ def deepspeed_file(name: str) -> Path:
     """configs/deepspeed/<name>.yaml, or `name` itself when it is a .yaml/.yml/.json path."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml", ".json"):
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"deepspeed config {path} does not exist")
+        if path.is_dir():
+            raise UserError(f"deepspeed config {path} is a folder; expected a YAML or JSON file")
         return path
     path = DEEPSPEED_DIR / f"{name}.yaml"
     if not path.is_file():
@@ -148,7 +150,7 @@ def apply_override(raw: dict, item: str, config_class: type | None = None) -> No
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise ValueError(f"override {item!r} is not key=value")
-    value = yaml.safe_load(text) if text else ""
+    value = parse_yaml(text, f"override {item!r}") if text else ""
     head, _, sub = key.partition(".")
     names = {f.name for f in dataclasses.fields(config_class or TrainConfig)}
     if head not in names:
@@ -196,9 +198,9 @@ def read_recipe(path: str | Path | None, overrides, config_class: type, kind: st
     where = kind
     if path is not None:
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"{kind} {path} does not exist")
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = read_yaml(path) or {}                    # a folder is named as one there
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: expected a mapping of {config_class.__name__} fields")
         where = str(path)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import yaml
-
+from ..errors import read_yaml
 from .config import TrainConfig
 
 RECIPE_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
@@ -14,7 +13,7 @@ def deepspeed_config(cfg: TrainConfig, accumulation: int, world_size: int) -> di
     """`cfg`: a TrainConfig, or any recipe with deepspeed_path(), micro_batch_size, grad_clip and precision
     (`ppllava align`'s AlignConfig)."""
     path = cfg.deepspeed_path()
-    ds = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    ds = read_yaml(path) or {}
     if not isinstance(ds, dict):
         raise ValueError(f"{path}: expected a mapping (DeepSpeed's config schema)")
     clash = [k for k in RECIPE_KEYS if k in ds]

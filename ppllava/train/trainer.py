@@ -22,6 +22,7 @@ from backends.device import reproducible_numerics
 from ..data import ChatEncoder, Collator, ConversationDataset, DataError, load_data_config, load_samples
 from ..model.checkpoint import PROMPT_TOKENIZER_DIR, load_model, load_tokenizers, read_config
 from .. import distributed
+from ..errors import read_yaml
 from .checkpoint import Checkpoints, choose_checkpoint, find_checkpoint
 from .config import TrainConfig
 from .deepspeed_config import deepspeed_config
@@ -46,7 +47,7 @@ RECIPE_FILE = "train_config.yaml"
 
 def check_same_recipe(cfg, folder: Path, fields: tuple[str, ...] = SAME_ON_RESUME) -> None:
     """Raise if the recipe saved in checkpoint `folder` differs from `cfg` (a TrainConfig or AlignConfig) in `fields`."""
-    saved = yaml.safe_load((folder / RECIPE_FILE).read_text()) if (folder / RECIPE_FILE).is_file() else {}
+    saved = read_yaml(folder / RECIPE_FILE) if (folder / RECIPE_FILE).is_file() else {}
     now = cfg.to_dict()
     changed = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in fields if saved.get(k) != now[k]]
     if changed:
