@@ -33,6 +33,7 @@ def bed(tmp_path_factory):
     (root / "tagged.yaml").write_text("epochs: !!python/object/apply:os.system ['true']\n")
     (root / "a-folder.yaml").mkdir()
     (root / "folder-out").mkdir()
+    (root / "not-a-video.mp4").write_bytes(b"garbage")
     write_training_data(root / "data", videos=4, images=4)
     (root / "q.jsonl").write_text('{"id": "a", "video": "%s", "question": "hi"}\n' % write_video(root / "v.mp4", 8))
     return root
@@ -59,6 +60,12 @@ CASES = [  # (id, argv with {root} filled in, env, words the one line must hold)
     ("undecodable prompt", ["infer", "--model", "{root}/model", "--video", "{root}/v.mp4", "--prompt",
                             b"\xff\xfe what".decode("utf-8", "surrogateescape")], {},
      ["message 0 (user) is not valid text", "pass UTF-8"]),
+    # refused before decoding: the video is not a video at all, and that is not what the line says
+    ("frames beyond the LLM", ["infer", "--model", "{root}/model", "--video", "{root}/not-a-video.mp4", "--prompt", "hi",
+                               "--frames", "100000"], {},
+     ["--frames 100000: a video of 100000 frames becomes 3200000 visual tokens", "at most 127 frames fit"]),
+    ("prompt beyond the LLM", ["infer", "--model", "{root}/model", "--video", "{root}/v.mp4", "--prompt",
+                               "word " * 5000, "--frames", "8"], {}, ["positions", "> the LLM's 4096"]),
     ("log level", ["env"], {"PPLLAVA_LOG_LEVEL": "LOUD"}, ["PPLLAVA_LOG_LEVEL='LOUD'", "DEBUG, INFO, WARNING, ERROR"]),
 ]
 

@@ -24,7 +24,7 @@ import backends
 from backends.device import dtype_from_name, resolve_device, synchronize
 
 from ..conversation import pooling_prompt
-from ..data import get_reader, read_image
+from ..data import DataError, get_reader, read_image
 from ..data.readers import FrameFolderReader
 from ..data.sampling import frame_window, read_clip
 from ..model.checkpoint import load_model, load_tokenizers, read_config
@@ -50,6 +50,23 @@ class Answer:
     tokens: int                         # generated tokens of the answer (the stop token not counted)
     visual_tokens: int                  # tokens the visual became in the LLM's input
     seconds: dict                       # prefill (to the first token) and generate (all tokens)
+
+
+TEXT_ROOM = 64  # positions a question and its template need at the least beside the visual tokens
+
+
+def check_frame_budget(config, frames: int) -> None:
+    """A video of `frames` frames must leave the LLM room for a question: refused before decoding anything."""
+    limit = config.text_config.max_position_embeddings
+    if config.visual_tokens(frames, True) + TEXT_ROOM <= limit:
+        return
+    low, high = config.video_kernel[0], frames                  # the most frames that fit, by bisection
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if config.visual_tokens(mid, True) + TEXT_ROOM <= limit else (low, mid - 1)
+    raise ValueError(f"--frames {frames}: a video of {frames} frames becomes {config.visual_tokens(frames, True)} "
+                     f"visual tokens, beyond the LLM's {limit} positions (less {TEXT_ROOM} for the question); at most "
+                     f"{low} frames fit")
 
 
 class Pipeline:
@@ -82,6 +99,7 @@ class Pipeline:
         config = read_config(directory)                          # one clear error for a folder that is not ours
         if frames < config.video_kernel[0]:
             raise ValueError(f"--frames {frames} is fewer than the video kernel's {config.video_kernel[0]} frames")
+        check_frame_budget(config, frames)                       # before any weight is read or frame decoded
         tokenizer, prompt_tokenizer = load_tokenizers(directory) # before the weights: fail fast
         dtype = dtype_from_name(dtype) if isinstance(dtype, str) else dtype
         model = load_model(directory, dtype=dtype).to(device)
@@ -96,6 +114,7 @@ class Pipeline:
         path = str(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} does not exist")
+        check_frame_budget(self.config, frames or self.frames)
         start = time.perf_counter()
         is_video = not path.lower().endswith(IMAGE_SUFFIXES)
         if not is_video:
@@ -153,6 +172,11 @@ class Pipeline:
                  stream=None, pooling_text: str | None = None) -> Answer:
         """Greedy answer to the last user message; `stream(text_piece)` receives the text as it comes."""
         inputs = self.inputs(visual, messages, pooling_text)
+        positions, limit = inputs["input_ids"].shape[1] + max_new_tokens, self.config.text_config.max_position_embeddings
+        if positions > limit:
+            raise DataError(f"the conversation takes {inputs['input_ids'].shape[1]} positions (with its visual tokens) "
+                            f"and max_new_tokens {max_new_tokens} more: {positions} > the LLM's {limit}; use fewer "
+                            f"frames, a shorter prompt or fewer new tokens")
         streamer = _Streamer(self.tokenizer, stream)
         start = time.perf_counter()
         out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
