@@ -84,9 +84,13 @@ def start(deepspeed: bool = True, device: str | None = None) -> Group:
         device = local_device(device_type, local)
     set_current_device(device)
     backend = os.environ.get("PPLLAVA_DIST_BACKEND") or dist_backend(device.type)
+    if alone and not dist.is_initialized():
+        # an in-process store: a group of one opens no socket, so runs side by side never race for a port
+        # (MASTER_PORT above only names DeepSpeed's shared-memory segment)
+        dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
     if deepspeed:
         import deepspeed as ds                                 # heavy; only training needs it
-        ds.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        ds.init_distributed(dist_backend=backend, auto_mpi_discovery=False)   # takes the group made above, if any
     elif not dist.is_initialized():
         dist.init_process_group(backend=backend)
     log.info("rank %d/%d (local %d) on %s, backend %s", rank, world, local, device, backend)
