@@ -1,8 +1,8 @@
 """PPLLaVAProcessor: a question and frames to model inputs, the transformers way, for every path.
 
     import ppllava.model                                   # registers PPLLaVA with the Auto classes, this too
-    processor = AutoProcessor.from_pretrained("ckpt/ppllava-ov-7b")
-    model = AutoModelForImageTextToText.from_pretrained("ckpt/ppllava-ov-7b")
+    processor = AutoProcessor.from_pretrained("./ckpt/ppllava-ov-7b")      # a local folder: nothing is downloaded
+    model = AutoModelForImageTextToText.from_pretrained("./ckpt/ppllava-ov-7b")
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}]
     inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                            return_dict=True, videos=[frames])     # uint8 (T, H, W, 3)
@@ -112,7 +112,7 @@ class PPLLaVAProcessor:
                     add_generation_prompt: bool = True) -> dict[str, torch.Tensor]:
         """input_ids (placeholders expanded) and attention_mask of one conversation, a batch of one."""
         ids = self.encoder.encode(messages, self.runs(media), add_generation_prompt=add_generation_prompt).input_ids
-        return {"input_ids": ids[None], "attention_mask": torch.ones_like(ids[None])}
+        return _batch_of_one(ids)
 
     @staticmethod
     def layout(media: list[tuple[torch.Tensor | int, bool]]) -> dict[str, torch.Tensor]:
@@ -123,14 +123,19 @@ class PPLLaVAProcessor:
 
     def encode(self, messages, media: list[tuple[torch.Tensor, bool]], prompt: str,
                add_generation_prompt: bool = True) -> dict:
-        return self._inputs(self.text_inputs(messages, media, add_generation_prompt)["input_ids"][0], media, prompt)
+        ids = self.encoder.encode(messages, self.runs(media), add_generation_prompt=add_generation_prompt).input_ids
+        return self._inputs(ids, media, prompt)
 
     def _inputs(self, ids: torch.Tensor, media: list[tuple[torch.Tensor, bool]], prompt: str | None) -> dict:
-        out = {"input_ids": ids[None], "attention_mask": torch.ones_like(ids[None])}
+        out = _batch_of_one(ids)
         if not media:
             return out
         pixels = torch.cat([self.preprocess(frames) for frames, _ in media])
         return {**out, "pixel_values": pixels, **self.layout(media), **self.prompt_inputs(prompt)}
+
+
+def _batch_of_one(ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"input_ids": ids[None], "attention_mask": torch.ones_like(ids[None])}
 
 
 def _marks(ids: list[int], encoder, videos, images) -> list[str]:

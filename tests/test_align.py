@@ -20,9 +20,7 @@ import math
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +29,7 @@ import torch.nn.functional as F
 
 from align_data import CAPTIONS, write_pairs
 from align_loss_worker import batch, loss_and_grads
-from procs import kill_tree
+from procs import Launched
 from ppllava.align.config import load_align_config
 from ppllava.align.losses import ClipLoss, SigLipLoss
 from ppllava.align.pairs import PairDataset, load_pairs
@@ -59,59 +57,19 @@ def env() -> dict:
 RUN_DEADLINE, STOP_DEADLINE = 900, 300
 
 
-class Job:
-    """A command in a session of its own, its output (stdout and stderr) in a log file. Waits fail with what was
-    awaited and the log's tail, after killing the command's whole process tree (torchrun starts its workers in
-    sessions of their own, so a signal to its group would leave them running); leaving the `with` kills it too."""
-
-    def __init__(self, argv, log: Path, what: str):
-        self.log, self.what = log, what
-        with log.open("w") as sink:
-            self.proc = subprocess.Popen(argv, env=env(), cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-
-    def __enter__(self) -> "Job":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.kill()
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def kill(self) -> None:
-        kill_tree(self.proc.pid)                                # the whole tree first, then kill it
-        self.proc.wait()
-
-    def fail(self, problem: str) -> None:
-        self.kill()
-        pytest.fail(f"{self.what}: {problem}\n--- {self.log} (tail) ---\n{self.output()[-6000:]}", pytrace=False)
-
-    def wait_for(self, condition, awaited: str, timeout: float = RUN_DEADLINE) -> None:
-        """Poll `condition` (a file's state) until it holds; fail if the command exits first or the deadline passes."""
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if self.proc.poll() is not None:
-                self.fail(f"exited with {self.proc.returncode} while waiting for {awaited}")
-            if time.monotonic() > deadline:
-                self.fail(f"no {awaited} after {timeout} s")
-            time.sleep(0.05)                                    # the polling interval
-
-    def finish(self, timeout: float = RUN_DEADLINE) -> tuple[int, str]:
-        """Wait for the command to exit: its exit code and output."""
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.fail(f"still running after {timeout} s")
-        return self.proc.returncode, self.output()
+def job(argv, log: Path) -> Launched:
+    """A command in a session of its own (tests/procs.py): waits fail with what was awaited and the log's tail;
+    leaving the `with` kills its whole tree (torchrun's workers run in sessions of their own)."""
+    return Launched(argv, log, env=env(), cwd=ROOT)
 
 
 def run(argv, log: Path, what: str, timeout: float = RUN_DEADLINE) -> str:
     """Run to the end; it must exit 0 and cleanly. Its output (stdout and stderr)."""
-    with Job(argv, log, what) as job:
-        code, output = job.finish(timeout)
-    assert code == 0, f"{what}: exit {code}\n--- {log} (tail) ---\n{output[-6000:]}"
-    assert "terminate called" not in output, output[-6000:]
+    with job(argv, log) as launched:
+        code = launched.finish(timeout)
+        output, tail = launched.output(), launched.tail(6000)
+    assert code == 0, f"{what}: exit {code}\n{tail}"
+    assert "terminate called" not in output, tail
     return output
 
 
@@ -352,10 +310,11 @@ def test_sigterm_saves_a_checkpoint_then_the_same_command_finishes(aligned, tmp_
     def rows() -> list[dict]:
         return [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
 
-    with Job(argv, tmp_path / "stopped.log", "the alignment to be stopped") as job:
-        job.wait_for(lambda: len(rows()) >= 3, "3 rows in metrics.jsonl (3 steps) to signal the run after")
-        job.proc.send_signal(signal.SIGTERM)
-        code, log = job.finish(STOP_DEADLINE)
+    with job(argv, tmp_path / "stopped.log") as stopped:
+        stopped.wait_for(lambda: len(rows()) >= 3, "3 rows in metrics.jsonl (3 steps) to signal the run after",
+                         RUN_DEADLINE)
+        stopped.send_signal(signal.SIGTERM)
+        code, log = stopped.finish(STOP_DEADLINE), stopped.output()
     steps = [r["step"] for r in rows()]
     assert f"stopped by signal at step {steps[-1]}" in log, log[-3000:]      # torchrun itself exits 1 on a signal
     assert steps[-1] < 80 and sorted(p.name for p in (out / "checkpoints").glob("step-*")) == [f"step-{steps[-1]:06d}"]
@@ -377,11 +336,11 @@ def test_sigterm_to_a_single_process_alignment_exits_143(aligned, tmp_path):
     out = tmp_path / "alone"
     argv = align_argv(aligned, out, "eval_data=null", "save_every=1000", launcher=[sys.executable])
     metrics = out / "metrics.jsonl"
-    with Job(argv, tmp_path / "alone.log", "the single-process alignment to be stopped") as job:
-        job.wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 2,
-                     "2 rows in metrics.jsonl to signal the run after")
-        job.proc.send_signal(signal.SIGTERM)
-        code, log = job.finish(STOP_DEADLINE)
+    with job(argv, tmp_path / "alone.log") as alone:
+        alone.wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 2,
+                       "2 rows in metrics.jsonl to signal the run after", RUN_DEADLINE)
+        alone.send_signal(signal.SIGTERM)
+        code, log = alone.finish(STOP_DEADLINE), alone.output()
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert code == 143, log[-3000:]
     assert f"stopped by signal at step {steps[-1]}" in log

@@ -174,6 +174,9 @@ class ChatEncoder:
         joined to the text with newlines."""
         for k, message in enumerate(messages):
             _check_text(message, k)
+        return self._render(messages, add_generation_prompt)
+
+    def _render(self, messages, add_generation_prompt: bool = False) -> str:
         if self.style == "parts":
             chat = [{"role": m["role"], "content": _parts(m, self.video_part)} for m in messages]
         else:
@@ -185,20 +188,25 @@ class ChatEncoder:
         for k, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            prompt, before, upto = (self.render(messages[:k], add_generation_prompt=True), self.render(messages[:k]),
-                                    self.render(messages[:k + 1]))
-            if not (upto.startswith(before) and full.startswith(upto)):
+            prompt, upto = self._render(messages[:k], add_generation_prompt=True), self._render(messages[:k + 1])
+            start = len(os.path.commonprefix([prompt, upto]))
+            consistent = full.startswith(upto)
+            if start < len(prompt):
+                # the template writes the generation prompt otherwise than a turn's header (llava-hf's OneVision
+                # template: "assistant\n" to prompt, "assistant \n" in a turn): the span starts where they differ
+                before = self._render(messages[:k])
+                consistent &= upto.startswith(before)
+                start = max(start, len(before))
+            if not consistent:
                 raise DataError("the chat template's renders of a conversation and its first turns are not prefixes "
                                 "of each other: assistant turns cannot be located for the labels")
-            # where the turn leaves the generation prompt: its end, unless the template writes the prompt otherwise
-            # than a turn's header (llava-hf's OneVision template: "assistant\n" to prompt, "assistant \n" in a turn)
-            spans.append((max(len(os.path.commonprefix([prompt, upto])), len(before)), len(upto)))
+            spans.append((start, len(upto)))
         return spans
 
     def encode(self, messages, runs: list[list[int]], add_generation_prompt: bool = False) -> Encoded:
         """input_ids and labels of `messages`, each medium's mark expanded to its run in `runs` (in order)."""
         messages = tuple(messages)
-        full = self.render(messages, add_generation_prompt)
+        full = self.render(messages, add_generation_prompt)                 # checks the text, once
         spans = [] if add_generation_prompt else self._assistant_spans(messages, full)
         enc = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
         ids, labels, pending = [], [], list(runs)
