@@ -16,8 +16,13 @@ def add_parser(sub) -> None:
                                    "and LLM; takes the text tower, visual projection and logit scale from the paired "
                                    "dual encoder; extends the text tower's positions (CLIP 77 -> 248, SigLIP 64 -> 196). "
                                    "Bases: llava_next (LLaVA-NeXT), llava_onevision (LLaVA-OneVision, LLaVA-Video). "
+                                   "The authors' released PPLLaVA checkpoints (farewellthree/ppllava_weight) are "
+                                   "recognised and converted with everything they trained (text tower, projections, "
+                                   "BT-Adapter, image_newline); --text-tower is then the CLIP/SigLIP their config "
+                                   "names (clip_weight), for its tokenizer and text config. "
                                    "Reads local folders only; nothing is downloaded.")
-    p.add_argument("--base", required=True, help="folder of the base model (Hugging Face layout, e.g. a LLaVA-OneVision)")
+    p.add_argument("--base", required=True, help="folder of the base model (Hugging Face layout, e.g. a LLaVA-OneVision), "
+                                                 "or of one of the authors' PPLLaVA checkpoints")
     p.add_argument("--text-tower", required=True,
                    help="folder of the paired dual encoder (CLIPModel for CLIP towers, SiglipModel for SigLIP)")
     p.add_argument("--out", required=True, help="folder to write the PPLLaVA checkpoint to")

@@ -126,6 +126,8 @@ class Preprocessor:
             raise ValueError(f"no preprocessing preset for vision tower {vision.model_type!r} "
                              f"(known: {', '.join(sorted(PRESETS))})")
         crop, mean, std = PRESETS[vision.model_type]
+        resize = getattr(config, "frame_resize", None)
+        crop = crop if resize is None else resize == "crop"
         mean, std = tuple(getattr(config, "image_mean", None) or mean), tuple(getattr(config, "image_std", None) or std)
         return cls(side(vision.image_size), crop, mean, std)
 

@@ -58,7 +58,12 @@ def read_config(directory: str | Path) -> PPLLaVAConfig:
     path = Path(directory) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {directory}: no config.json")
-    model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    model_type = data.get("model_type")
+    if model_type != PPLLaVAConfig.model_type and data.get("pooling") == "ppllava":
+        raise ValueError(f"checkpoint {directory} is one of the authors' PPLLaVA releases ({model_type}): convert it "
+                         f"first: ppllava convert --base {directory} --text-tower <a local copy of "
+                         f"{data.get('clip_weight') or 'the CLIP/SigLIP it names'}> --out <new folder>")
     if model_type != PPLLaVAConfig.model_type:
         raise ValueError(f"checkpoint {directory} is a {model_type!r} model, not ppllava "
                          f"(convert a base model first: ppllava convert --base ... --text-tower ... --out ...)")

@@ -61,6 +61,21 @@ class PPLLaVAConfig(PreTrainedConfig):
     relevance_scale: float = 100.0
     # project with the MLP before pooling (the original checkpoints; 18x the projector compute) or after
     project_before_pooling: bool = False
+    # the authors' BT-Adapter on a CLIP vision tower (model/btadapter.py): a temporal + spatial branch after each
+    # of the last `btadapter_depth` layers (0: none); `btadapter_max_frames` rows of its time embedding (their
+    # max_T); stochastic depth in training as theirs (temporal layers at the rate, spatial 0..rate)
+    btadapter_depth: int = 0
+    btadapter_max_frames: int = 64
+    btadapter_drop_path: float = 0.1
+    # SigLIP's per-patch head: "attention" runs its pooling head on each patch as a one-token sequence
+    # (out_proj(v_proj(x)), then the MLP); "value" is the authors' head (v_proj(x), no out_proj, then the MLP)
+    siglip_patch_head: Literal["attention", "value"] = "attention"
+    # one learned token after each single-frame image's pooled tokens, as the authors' LLaVA-NeXT path appends
+    # image_newline (multi-frame image items, their multi-image samples, get none)
+    image_newline: bool = False
+    # frames: "crop" (short side to the tower's size, centre crop) or "squash" (resized to a square, as the
+    # authors' video processor does); None: the tower family's preset (data/preprocess.py)
+    frame_resize: Literal["crop", "squash"] | None = None
     projector_hidden_act: str = "gelu"
     multimodal_projector_bias: bool = True
     projector_layer_norm: bool = False           # InternVL's projector opens with a LayerNorm
@@ -79,6 +94,7 @@ class PPLLaVAConfig(PreTrainedConfig):
     train_vision_tower: bool = False
     train_prompt_tower: bool = True
     train_projector: bool = True
+    train_btadapter: bool = True                 # the BT-Adapter trains (as the authors'), when there is one
     train_llm: bool = True
     # torch_npu's fused kernels in the LLM: any of "rms_norm", "rotary", "attention" (needs torch_npu; each has a
     # native twin). Off until measured on a 910B; a choice of the machine that runs the model, so exports drop it
@@ -112,15 +128,20 @@ class PPLLaVAConfig(PreTrainedConfig):
 
     def visual_tokens(self, frames: int, is_video: bool) -> int:
         """Tokens the LLM receives for one item of `frames` frames (or crops, for an image)."""
+        newline = int(self.appends_newline(frames, is_video))
         if self.pooling_mode == "none":
-            return frames * self.patch_grid ** 2
+            return frames * self.patch_grid ** 2 + newline
         kernel, stride = self.pooling_geometry(is_video)
         t, h, w = output_size((frames, self.patch_grid, self.patch_grid), kernel, stride)
         if min(t, h, w) < 1:
             kind = "video" if is_video else "image"
             raise ValueError(f"a {kind} of {frames} frame(s) of {self.patch_grid}x{self.patch_grid} patches is smaller "
                              f"than the pooling kernel {kernel}")
-        return t * h * w
+        return t * h * w + newline
+
+    def appends_newline(self, frames: int, is_video: bool) -> bool:
+        """Whether an item's tokens end with image_newline: single-frame images of a model that has one."""
+        return bool(self.image_newline) and not is_video and frames == 1
 
     def placeholders(self, frames: int, is_video: bool) -> list[int]:
         """The input_ids run that stands for one item: one placeholder per visual token it becomes, between the
@@ -162,6 +183,20 @@ class PPLLaVAConfig(PreTrainedConfig):
         for name in ("pooling_temperature", "relevance_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if isinstance(self.btadapter_depth, bool) or not isinstance(self.btadapter_depth, int) \
+                or not 0 <= self.btadapter_depth <= layers:
+            raise ValueError(f"btadapter_depth must be an int in 0..{layers} (the vision tower's layers), "
+                             f"got {self.btadapter_depth!r}")
+        if self.btadapter_depth and family.name != "clip":
+            raise ValueError(f"the BT-Adapter is built for CLIP vision towers, not {self.vision_config.model_type!r}")
+        if self.btadapter_depth and not (isinstance(self.btadapter_max_frames, int) and self.btadapter_max_frames > 0):
+            raise ValueError(f"btadapter_max_frames must be a positive int, got {self.btadapter_max_frames!r}")
+        if not 0 <= self.btadapter_drop_path < 1:
+            raise ValueError(f"btadapter_drop_path must be in [0, 1), got {self.btadapter_drop_path}")
+        if self.siglip_patch_head not in ("attention", "value"):
+            raise ValueError(f"siglip_patch_head must be 'attention' or 'value', got {self.siglip_patch_head!r}")
+        if self.frame_resize not in (None, "crop", "squash"):
+            raise ValueError(f"frame_resize must be 'crop', 'squash' or null, got {self.frame_resize!r}")
         unknown = sorted(set(self.npu_fused_kernels or ()) - set(FUSED_KERNELS))
         if unknown:
             raise ValueError(f"npu_fused_kernels: unknown {unknown}; expected any of {', '.join(FUSED_KERNELS)}")

@@ -184,14 +184,46 @@ def _load_tokenizer(source, role: str):
         raise ValueError(f"{role} {source}: its tokenizer cannot be loaded ({type(e).__name__}: {cause})") from e
 
 
-def convert(base_dir, text_tower_dir, out_dir, keep: int = KEEP, stretch: int = STRETCH,
-            dtype: torch.dtype | None = None) -> PPLLaVAConfig:
-    """Write a PPLLaVA checkpoint (config, safetensors, tokenizers) to out_dir; returns its config."""
+def check_out(out_dir) -> Path:
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"--out {out} already exists and is not an empty folder; choose a new one")
     out.parent.mkdir(parents=True, exist_ok=True)
-    base_type = read_config(base_dir, "base").get("model_type")
+    return out
+
+
+def write_checkpoint(out: Path, base_dir, tokenizer, prompt_tokenizer, config: PPLLaVAConfig, ledger: Ledger,
+                     dtype: torch.dtype, report: dict) -> None:
+    """The converted folder: tokenizers, processor config, weights, conversion.json and the base's generation
+    config, written beside `out` and moved there whole (the folder appears complete or not at all)."""
+    prompt_tokenizer.model_max_length = config.prompt_config.max_position_embeddings
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.partial-") as tmp:
+        tokenizer.save_pretrained(tmp)
+        prompt_tokenizer.save_pretrained(Path(tmp) / PROMPT_TOKENIZER_DIR)
+        write_processor_config(tmp)                      # AutoProcessor.from_pretrained finds PPLLaVAProcessor
+        save_weights(config, ledger.state, tmp, dtype, "converted weights")
+        report = {**report, "summary": ledger.summary(), "tensors": ledger.rows}
+        (Path(tmp) / REPORT).write_text(json.dumps(report, indent=1), encoding="utf-8")
+        if (Path(base_dir) / "generation_config.json").is_file():   # the base's stop tokens and defaults
+            shutil.copy2(Path(base_dir) / "generation_config.json", Path(tmp) / "generation_config.json")
+        if out.exists():
+            out.rmdir()                                  # empty (checked by check_out)
+        os.replace(tmp, out)
+    log.info("convert: %s (every row in %s)", ledger.summary(), out / REPORT)
+
+
+def convert(base_dir, text_tower_dir, out_dir, keep: int = KEEP, stretch: int = STRETCH,
+            dtype: torch.dtype | None = None) -> PPLLaVAConfig:
+    """Write a PPLLaVA checkpoint (config, safetensors, tokenizers) to out_dir; returns its config."""
+    out = check_out(out_dir)
+    base_config = read_config(base_dir, "base")
+    from .authors import authors_layout, convert_authors      # it builds on this module's writer
+    if authors_layout(base_dir):
+        if (keep, stretch) != (KEEP, STRETCH):
+            raise ValueError(f"--keep/--stretch: {base_dir} is one of the authors' checkpoints, whose trained position "
+                             f"table is the {KEEP}/{STRETCH}x extension; it cannot be extended otherwise")
+        return convert_authors(base_dir, base_config, text_tower_dir, out, dtype)
+    base_type = base_config.get("model_type")
     architecture = base_architecture({"model_type": base_type})
     family = family_of_dual(read_config(text_tower_dir, "text tower").get("model_type"))
     # the tokenizers and the chat format first: they fail in a second, the weights take minutes to load
@@ -208,21 +240,8 @@ def convert(base_dir, text_tower_dir, out_dir, keep: int = KEEP, stretch: int = 
     config.dtype = base.dtype
     encoder = ChatEncoder.for_config(tokenizer, config)       # the base's template writes our placeholders
     ledger = build_state(base, dual, config, keep, stretch)
-    prompt_tokenizer.model_max_length = config.prompt_config.max_position_embeddings
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.partial-") as tmp:
-        tokenizer.save_pretrained(tmp)
-        prompt_tokenizer.save_pretrained(Path(tmp) / PROMPT_TOKENIZER_DIR)
-        write_processor_config(tmp)                      # AutoProcessor.from_pretrained finds PPLLaVAProcessor
-        save_weights(config, ledger.state, tmp, base.dtype, "converted weights")
-        report = {"base": str(base_dir), "text_tower": str(text_tower_dir), "dtype": str(base.dtype).removeprefix("torch."),
-                  "relevance_scale": config.relevance_scale, "chat_template": template_source,
-                  "image_processing": image_source,
-                  "content": encoder.style, "summary": ledger.summary(), "tensors": ledger.rows}
-        (Path(tmp) / REPORT).write_text(json.dumps(report, indent=1), encoding="utf-8")
-        if (Path(base_dir) / "generation_config.json").is_file():   # the base's stop tokens and defaults
-            shutil.copy2(Path(base_dir) / "generation_config.json", Path(tmp) / "generation_config.json")
-        if out.exists():
-            out.rmdir()                                  # empty (checked above)
-        os.replace(tmp, out)                             # the folder appears complete or not at all
-    log.info("convert: %s (every row in %s)", ledger.summary(), out / REPORT)
+    report = {"base": str(base_dir), "text_tower": str(text_tower_dir), "dtype": str(base.dtype).removeprefix("torch."),
+              "relevance_scale": config.relevance_scale, "chat_template": template_source,
+              "image_processing": image_source, "content": encoder.style}
+    write_checkpoint(out, base_dir, tokenizer, prompt_tokenizer, config, ledger, base.dtype, report)
     return config

@@ -20,6 +20,7 @@ class Rule:
     target: str | None      # output name prefix; None: not written as a tensor
     why: str                # printed and written to conversion.json
     config: str | None = None   # the PPLLaVAConfig field the tensor's value goes to instead
+    part: tuple[int, int] | None = None   # (i, n): only the i-th of n equal blocks of rows is written
 
     def matches(self, name: str) -> bool:
         return name == self.prefix or (self.prefix.endswith(".") and name.startswith(self.prefix))
@@ -49,6 +50,11 @@ class Ledger:
                 target = rule.target + name[len(rule.prefix):]
                 if target in self.state:
                     raise UnmappedTensor(f"{source} tensors {name!r} and another both map to {target!r}")
+                if rule.part is not None:
+                    i, n = rule.part
+                    if tensor.shape[0] % n:
+                        raise UnmappedTensor(f"{source} tensor {name!r} of {list(tensor.shape)} does not split in {n}")
+                    tensor = tensor.chunk(n)[i]
                 self.state[target] = tensor.detach()
                 row["to"] = target
             elif rule.config is not None:
@@ -60,6 +66,16 @@ class Ledger:
             more = f" and {len(unmapped) - 3} more" if len(unmapped) > 3 else ""
             raise UnmappedTensor(f"{source} tensor(s) {', '.join(map(repr, unmapped[:3]))}{more} are covered by no "
                                  f"conversion rule: this is not a layout convert knows (nothing was written)")
+
+    def merge(self, source: str, names: list[str], target: str, tensor: torch.Tensor, what: str) -> None:
+        """Write one tensor made of several source tensors (their rows say so) under `target`."""
+        if target in self.state:
+            raise UnmappedTensor(f"{source} tensors {names} and another both map to {target!r}")
+        self.state[target] = tensor.detach()
+        for row in self.rows:
+            if row["source"] == source and row["name"] in names:
+                row.pop("dropped", None)
+                row["to"], row["rule"] = target, f"{row['rule']}; {what}"
 
     def note(self, source: str, name: str, what: str) -> None:
         """Record what happened to an already mapped tensor (e.g. its position table was extended)."""

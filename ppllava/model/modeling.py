@@ -19,6 +19,7 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers.activations import ACT2FN
 
+from .btadapter import BTAdapter
 from .config import PPLLaVAConfig
 from .llm_kernels import use_llm_kernels
 from .pooling import PromptGuidedPooling
@@ -29,6 +30,7 @@ PARAMETER_GROUPS = {
     "prompt_tower": (("prompt_pooling.prompt_tower.",), "train_prompt_tower"),
     "projector": (("multi_modal_projector.",), "train_projector"),
     "llm": (("language_model.",), "train_llm"),
+    "btadapter": (("btadapter.",), "train_btadapter"),       # only in models that have one
 }
 
 
@@ -67,9 +69,13 @@ class PPLLaVAForConditionalGeneration(PPLLaVAPreTrainedModel):
         if config.image_token_id is None:
             raise ValueError("config.image_token_id is not set: the LLM needs a placeholder token for visual tokens")
         self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.btadapter = (BTAdapter(config.vision_config, config.btadapter_depth, config.btadapter_max_frames,
+                                    config.btadapter_drop_path) if config.btadapter_depth else None)
         self.prompt_pooling = PromptGuidedPooling(config)
         self.multi_modal_projector = MultiModalProjector(config)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        # appended to single-frame images' tokens where the model was trained with it (config.image_newline)
+        self.image_newline = nn.Parameter(torch.zeros(config.text_config.hidden_size)) if config.image_newline else None
         use_llm_kernels(self.language_model, config.npu_fused_kernels, impl="npu")
         self.post_init()
 
@@ -84,28 +90,42 @@ class PPLLaVAForConditionalGeneration(PPLLaVAPreTrainedModel):
         return self.language_model.get_output_embeddings()
 
     # -- training switches -------------------------------------------------------------------------
+    def _groups(self) -> dict[str, tuple[tuple[str, ...], str]]:
+        groups = {g: v for g, v in PARAMETER_GROUPS.items() if g != "btadapter" or self.btadapter is not None}
+        if self.image_newline is not None:            # the LLM-space token trains with the projector
+            groups["projector"] = (groups["projector"][0] + ("image_newline",), groups["projector"][1])
+        return groups
+
     def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
-        """Named parameters of each group: vision_tower, prompt_tower, projector, llm."""
-        groups = {name: [] for name in PARAMETER_GROUPS}
+        """Named parameters of each group: vision_tower, prompt_tower, projector, llm (and btadapter)."""
+        table = self._groups()
+        groups = {name: [] for name in table}
         for pname, param in self.named_parameters():
-            group = next(g for g, (prefixes, _) in PARAMETER_GROUPS.items() if pname.startswith(prefixes))
+            group = next(g for g, (prefixes, _) in table.items() if pname.startswith(prefixes))
             groups[group].append((pname, param))
         return groups
 
     def apply_trainable(self) -> dict[str, bool]:
         """Set requires_grad from config.train_*; returns which groups train."""
-        trains = {group: bool(getattr(self.config, switch)) for group, (_, switch) in PARAMETER_GROUPS.items()}
+        trains = {group: bool(getattr(self.config, switch)) for group, (_, switch) in self._groups().items()}
         for group, params in self.parameter_groups().items():
             for _, param in params:
                 param.requires_grad_(trains[group])
         return trains
 
     # -- visual path ------------------------------------------------------------------------------
-    def vision_patches(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def vision_patches(self, pixel_values: torch.Tensor, visual_frames=None) -> torch.Tensor:
         """(F, 3, S, S) -> (F, g, g, Dv): hidden_states[vision_feature_layer], CLS dropped for 'default';
-        with pixel_shuffle s > 1, (F, g/s, g/s, s*s*Dv) as InternVL merges patches."""
-        out = self.vision_tower(pixel_values=pixel_values.to(self.vision_tower.dtype), output_hidden_states=True)
-        features = self.prompt_pooling.family.vision_features(out, self.config.vision_feature_layer)
+        with pixel_shuffle s > 1, (F, g/s, g/s, s*s*Dv) as InternVL merges patches.
+
+        `visual_frames`: frames of each item (they sum to F), which a BT-Adapter encodes together; without
+        it the F frames are one item."""
+        pixel_values = pixel_values.to(self.vision_tower.dtype)
+        if self.btadapter is not None:
+            features = self._adapted_features(pixel_values, visual_frames)
+        else:
+            out = self.vision_tower(pixel_values=pixel_values, output_hidden_states=True)
+            features = self.prompt_pooling.family.vision_features(out, self.config.vision_feature_layer)
         if self.config.vision_feature_select_strategy == "default":
             features = features[:, 1:]
         g = self.config.native_grid
@@ -113,6 +133,22 @@ class PPLLaVAForConditionalGeneration(PPLLaVAPreTrainedModel):
             raise ValueError(f"pixel_values: {tuple(pixel_values.shape[-2:])} frames give {features.shape[1]} patches, "
                              f"expected {g}x{g} (image_size {self.config.vision_config.image_size})")
         return pixel_shuffle(features.reshape(features.shape[0], g, g, features.shape[-1]), self.config.pixel_shuffle)
+
+    def _adapted_features(self, pixel_values: torch.Tensor, visual_frames) -> torch.Tensor:
+        """The BT-Adapter tower's feature layer, items of one length encoded as one batch of videos."""
+        frames = [pixel_values.shape[0]] if visual_frames is None else [int(f) for f in visual_frames]
+        if sum(frames) != pixel_values.shape[0]:
+            raise ValueError(f"visual_frames {frames} must sum to the {pixel_values.shape[0]} frames in pixel_values")
+        starts = [0, *itertools.accumulate(frames)]
+        out: list[torch.Tensor | None] = [None] * len(frames)
+        for t in dict.fromkeys(frames):
+            items = [i for i, f in enumerate(frames) if f == t]
+            index = torch.cat([torch.arange(starts[i], starts[i] + t) for i in items]).to(pixel_values.device)
+            state = self.btadapter(self.vision_tower, pixel_values.index_select(0, index), t,
+                                                self.config.vision_feature_layer)
+            for j, i in enumerate(items):
+                out[i] = state[j * t:(j + 1) * t]
+        return torch.cat(out)
 
     def encode_visuals(self, pixel_values, visual_frames, visual_is_video, visual_sample,
                        prompt_input_ids, prompt_attention_mask=None, patches=None) -> list[torch.Tensor]:
@@ -124,7 +160,7 @@ class PPLLaVAForConditionalGeneration(PPLLaVAPreTrainedModel):
         frames, videos, samples = _check_visual_inputs(pixel_values if patches is None else patches, visual_frames,
                                                        visual_is_video, visual_sample, prompt_input_ids, guided)
         if patches is None:
-            patches = self.vision_patches(pixel_values)        # each module runs once, in this order
+            patches = self.vision_patches(pixel_values, frames)        # each module runs once, in this order
         if guided:
             text = self.prompt_pooling.encode_prompt(prompt_input_ids, prompt_attention_mask)
             embeds = self.prompt_pooling.embed_patches(patches)
@@ -147,6 +183,9 @@ class PPLLaVAForConditionalGeneration(PPLLaVAPreTrainedModel):
                 tokens[i] = pooled[j]
         if not self.config.project_before_pooling:
             tokens = list(self.multi_modal_projector(torch.cat(tokens)).split([len(t) for t in tokens]))
+        if self.image_newline is not None:
+            tokens = [torch.cat([tok, self.image_newline[None].to(tok.dtype)]) if self.config.appends_newline(t, v)
+                      else tok for tok, t, v in zip(tokens, frames, videos)]
         return tokens
 
     def placeholder_mask(self, input_ids: torch.Tensor) -> torch.Tensor:

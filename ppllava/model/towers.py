@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import CLIPModel, CLIPTextModelWithProjection, SiglipModel, SiglipTextModel
-from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
+from transformers.models.siglip.modeling_siglip import SiglipMLP, SiglipMultiheadAttentionPoolingHead
 
 from .aligned import AlignedTextTower, InternVLPatchProjection
 from .mapping import Rule
@@ -37,17 +37,32 @@ class CLIPPatchProjection(nn.Module):
 class SiglipPatchProjection(nn.Module):
     """SigLIP's image-embedding path applied to every patch token on its own: post-LayerNorm, then the
     attention-pooling head over a one-token sequence (its attention weight is 1: out_proj(v_proj(x)),
-    then the head's residual MLP)."""
+    then the head's residual MLP). `head`: SiglipValueHead for the authors' checkpoints."""
 
-    def __init__(self, vision_config):
+    def __init__(self, vision_config, head: type = SiglipMultiheadAttentionPoolingHead):
         super().__init__()
         self.post_layernorm = nn.LayerNorm(vision_config.hidden_size, eps=vision_config.layer_norm_eps)
-        self.head = SiglipMultiheadAttentionPoolingHead(vision_config)
+        self.head = head(vision_config)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         shape = patches.shape
         tokens = self.post_layernorm(patches).reshape(-1, 1, shape[-1])
         return self.head(tokens).reshape(*shape[:-1], -1)
+
+
+class SiglipValueHead(nn.Module):
+    """The authors' per-patch SigLIP head (their siglip.py SiglipPoolingHead_PatchCLS): the attention's value
+    projection of each patch, without the output projection, then the head's residual MLP."""
+
+    def __init__(self, vision_config):
+        super().__init__()
+        self.value = nn.Linear(vision_config.hidden_size, vision_config.hidden_size)
+        self.layernorm = nn.LayerNorm(vision_config.hidden_size, eps=vision_config.layer_norm_eps)
+        self.mlp = SiglipMLP(vision_config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.value(x)
+        return v + self.mlp(self.layernorm(v))
 
 
 class TowerFamily:
@@ -130,6 +145,10 @@ class SiglipFamily(TowerFamily):
 
     def patch_dim(self, vision_config):
         return vision_config.hidden_size
+
+    def build_patch_projection(self, config):
+        head = SiglipValueHead if config.siglip_patch_head == "value" else SiglipMultiheadAttentionPoolingHead
+        return SiglipPatchProjection(config.vision_config, head)
 
     def text_embeds(self, tower, input_ids, attention_mask):
         # SigLIP was trained without an attention mask on max-length padded text, and pools the last

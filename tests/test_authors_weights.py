@@ -1,0 +1,131 @@
+"""The authors' released checkpoints (issue 20): tiny folders in their layout (authors_layout.py) converted by
+`ppllava convert`, then the converted model against an independent re-reading of their forward
+(authors_oracle.py, float64): relevance maps, pooled tokens and logits for a video, a single-crop image and a
+multi-image sample, for both families (Vicuna + CLIP with BT-Adapter, Qwen + SigLIP with their value head)."""
+
+import json
+
+import pytest
+import torch
+
+import authors_layout
+from authors_oracle import AuthorsModel
+
+import backends
+from ppllava.model import load_model
+from ppllava.model.checkpoint import read_config
+from ppllava.model.convert import REPORT, convert
+from ppllava.model.mapping import UnmappedTensor
+from ppllava.model.checkpoint import load_tokenizers
+
+FAMILIES = ["vicuna", "qwen"]
+
+
+def assert_close(ours, theirs, tol=1e-5):
+    """float32 against float64: every element within tol of the tensor's scale (its largest magnitude)."""
+    assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
+    scale = float(theirs.abs().max())
+    error = float((ours.double() - theirs).abs().max())
+    assert error <= tol * scale, f"max error {error:.3g}, allowed {tol * scale:.3g} (scale {scale:.3g})"
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("authors")
+    out = {}
+    for family in FAMILIES:
+        paths = authors_layout.write_authors_checkpoint(family, root / family)
+        converted = root / f"{family}-converted"
+        convert(paths["model"], paths["text_tower"], converted)
+        model = load_model(converted, dtype=torch.float32).eval()
+        out[family] = {**paths, "converted": converted, "model_ours": model,
+                       "oracle": AuthorsModel(paths["model"], paths["text_tower"])}
+    return out
+
+
+def frames(config, n, seed):
+    size = config.vision_config.image_size
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def prompt(bed, family, text="what does the person pick up after the red cup"):
+    """Their evaluation's prompt-tower input: the question, padded to the extended length."""
+    _, prompt_tokenizer = load_tokenizers(bed[family]["converted"])
+    enc = prompt_tokenizer(text, padding="max_length", max_length=prompt_tokenizer.model_max_length, return_tensors="pt")
+    mask = enc.get("attention_mask") if family == "vicuna" else None   # SigLIP's tokenizer returns none
+    return enc["input_ids"], mask
+
+
+def ours(model, kind, pixels, ids, mask):
+    """Our relevance map (T, h, w) and the item's LLM-space tokens."""
+    t = pixels.shape[0]
+    video = kind == "video"
+    layout = dict(visual_frames=torch.tensor([t]), visual_is_video=torch.tensor([video]), visual_sample=torch.tensor([0]))
+    with torch.no_grad():
+        patches = model.vision_patches(pixels, [t])
+        text = model.prompt_pooling.encode_prompt(ids, mask)
+        embeds = model.prompt_pooling.embed_patches(patches)[None]
+        relevance = backends.relevance_map(embeds, text, model.config.relevance_scale)[0]
+        tokens = model.encode_visuals(pixels, prompt_input_ids=ids, prompt_attention_mask=mask, **layout)[0]
+    return relevance, tokens, layout
+
+
+CASES = [("video", 4), ("image", 1), ("multi-image", 2)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind,count", CASES)
+def test_converted_model_computes_what_their_code_computes(bed, family, kind, count):
+    model, oracle = bed[family]["model_ours"], bed[family]["oracle"]
+    pixels = frames(model.config, count, seed=count)
+    ids, mask = prompt(bed, family)
+    theirs = oracle.encode(kind, pixels.double(), ids[0], None if mask is None else mask[0])
+    relevance, tokens, layout = ours(model, kind, pixels, ids, mask)
+    assert_close(relevance, theirs["relevance"].reshape(relevance.shape))
+    assert_close(tokens, theirs["features"])
+    assert tokens.shape[0] == model.config.visual_tokens(count, kind == "video")
+
+    # the LLM's logits over a prompt with the item's placeholders, theirs with one image token per block
+    image = model.config.image_token_id
+    text = [1, 3067, 338, 263] if family == "vicuna" else [151644, 872, 198]
+    after = [29973, 13] if family == "vicuna" else [30, 151645]
+    theirs_ids = text + [image] * len(theirs["blocks"]) + after
+    ours_ids = torch.tensor([text + model.config.placeholders(count, kind == "video") + after])
+    with torch.no_grad():
+        logits = model(input_ids=ours_ids, pixel_values=pixels, prompt_input_ids=ids, prompt_attention_mask=mask,
+                       **layout).logits[0]
+    expected = oracle.logits(theirs_ids, [(kind, pixels.double())], ids[0], None if mask is None else mask[0])
+    assert_close(logits, expected)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_tensor_of_theirs_is_accounted_for(bed, family):
+    report = json.loads((bed[family]["converted"] / REPORT).read_text())
+    theirs = dict(authors_layout.authors_tensor_names(family))
+    rows = {r["name"]: r for r in report["tensors"]}
+    assert set(rows) == set(theirs)
+    assert all(("to" in r) + ("config" in r) + bool(r.get("dropped")) == 1 for r in rows.values())
+    config = read_config(bed[family]["converted"])
+    assert config.project_before_pooling and config.image_newline and config.frame_resize == "squash"
+    assert config.relevance_scale == pytest.approx(torch.tensor(authors_layout.FACTS[family].logit_scale)
+                                                   .to(torch.bfloat16).float().exp().item(), rel=1e-6)
+    if family == "vicuna":
+        assert config.btadapter_depth == 3 and config.btadapter_max_frames == authors_layout.FACTS[family].max_T
+        assert rows["multi_modal_projector.clip_text_model.embeddings.position_embedding_res"]["to"] == \
+            "prompt_pooling.prompt_tower.text_model.embeddings.position_embedding.weight"
+    else:
+        assert config.siglip_patch_head == "value" and config.btadapter_depth == 0
+        assert rows["multi_modal_projector.logit_bias"]["dropped"]
+
+
+def test_a_tensor_no_rule_covers_is_refused_by_name(tmp_path):
+    paths = authors_layout.write_authors_checkpoint("vicuna", tmp_path / "theirs")
+    authors_layout.add_stray_tensor(paths["model"], "multi_modal_projector.clip_extra_gate")
+    with pytest.raises(UnmappedTensor, match="clip_extra_gate"):
+        convert(paths["model"], paths["text_tower"], tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_their_folder_given_to_load_model_names_the_convert_command(bed):
+    with pytest.raises(ValueError, match="ppllava convert --base .* --text-tower .*openai/clip-vit-large-patch14-336"):
+        load_model(bed["vicuna"]["model"])
