@@ -129,3 +129,52 @@ def test_a_tensor_no_rule_covers_is_refused_by_name(tmp_path):
 def test_their_folder_given_to_load_model_names_the_convert_command(bed):
     with pytest.raises(ValueError, match="ppllava convert --base .* --text-tower .*openai/clip-vit-large-patch14-336"):
         load_model(bed["vicuna"]["model"])
+
+
+QUESTION = "what does the person pick up after the red cup"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_infer_and_explain_on_the_converted_folder_follow_their_forward(bed, family, tmp_path, capsys):
+    """`ppllava infer` answers what greedy decoding of their forward (the oracle's logits, one token at a
+    time) answers, from the same frames and prompts; `ppllava explain`'s per-frame shares are their relevance
+    map summed per frame."""
+    from ppllava.cli import main
+    from ppllava.infer import Pipeline
+    from videos import write_video
+
+    video = write_video(tmp_path / "clip.mp4", 8, size=(64, 80))
+    converted, oracle = bed[family]["converted"], bed[family]["oracle"]
+    capsys.readouterr()
+    assert main(["infer", "--model", str(converted), "--video", str(video), "--prompt", QUESTION, "--frames", "4",
+                 "--max-new-tokens", "4", "--device", "cpu", "--dtype", "float32", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    pipe = Pipeline.load(converted, device="cpu", dtype=torch.float32, frames=4)
+    visual = pipe.read(video)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]
+    inputs = pipe.inputs(visual, messages)
+    pixels = pipe.preprocess(visual.frames).double()
+    ids = inputs["input_ids"][0]
+    keep = ~pipe.model.placeholder_mask(ids)
+    first = int((~keep).nonzero()[0])                    # their prompt: one image token where our run is
+    theirs = ids[:first].tolist() + [pipe.model.config.image_token_id] + ids[first:][keep[first:]].tolist()
+    prompt_ids, mask = inputs["prompt_input_ids"][0], inputs.get("prompt_attention_mask")
+    mask = mask if family == "vicuna" else None          # their SigLIP tokenizer gives the text tower no mask
+    new = []
+    for _ in range(4):
+        logits = oracle.logits(theirs + new, [("video", pixels)], prompt_ids, None if mask is None else mask[0])
+        new.append(int(logits[-1].argmax()))
+        if new[-1] in pipe.stop_ids:
+            new.pop()
+            break
+    assert answer["answer"] == pipe.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+    assert main(["explain", "--model", str(converted), "--video", str(video), "--prompt", QUESTION, "--frames", "4",
+                 "--out", str(tmp_path / "r.png"), "--device", "cpu", "--dtype", "float32", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    question = pipe.processor.prompt_inputs(QUESTION)
+    relevance = oracle.encode("video", pixels, question["prompt_input_ids"][0],
+                              question["prompt_attention_mask"][0] if family == "vicuna" else None)
+    expected = relevance["relevance"].reshape(4, -1).sum(dim=1)
+    torch.testing.assert_close(torch.tensor(summary["shares"], dtype=torch.float64), expected, rtol=0, atol=1e-5)
