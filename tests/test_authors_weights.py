@@ -12,6 +12,7 @@ import authors_layout
 from authors_oracle import AuthorsModel
 
 import backends
+from ppllava.model import anyres
 from ppllava.model import load_model
 from ppllava.model.checkpoint import read_config
 from ppllava.model.convert import REPORT, convert
@@ -56,13 +57,14 @@ def prompt(bed, family, text="what does the person pick up after the red cup"):
     return enc["input_ids"], mask
 
 
-def ours(model, kind, pixels, ids, mask):
+def ours(model, kind, pixels, ids, mask, image_size=None):
     """Our relevance map (T, h, w) and the item's LLM-space tokens."""
     t = pixels.shape[0]
     video = kind == "video"
-    layout = dict(visual_frames=torch.tensor([t]), visual_is_video=torch.tensor([video]), visual_sample=torch.tensor([0]))
+    layout = dict(visual_frames=torch.tensor([t]), visual_is_video=torch.tensor([video]), visual_sample=torch.tensor([0]),
+                  visual_image_size=torch.tensor([image_size or (0, 0)]))
     with torch.no_grad():
-        patches = model.vision_patches(pixels, [t])
+        patches = model.vision_patches(pixels, [1] * t if image_size else [t])   # anyres crops: T = 1 each
         text = model.prompt_pooling.encode_prompt(ids, mask)
         embeds = model.prompt_pooling.embed_patches(patches)[None]
         relevance = backends.relevance_map(embeds, text, model.config.relevance_scale)[0]
@@ -70,31 +72,39 @@ def ours(model, kind, pixels, ids, mask):
     return relevance, tokens, layout
 
 
-CASES = [("video", 4), ("image", 1), ("multi-image", 2)]
+# (kind, frames or crops, image size): a video, one crop, an anyres image (wider and taller than the grid
+# resolutions' aspect: both unpadding directions), several images as one item
+CASES = [("video", 4, None), ("image", 1, None), ("anyres", None, (500, 300)), ("anyres", None, (310, 1000)),
+         ("multi-image", 2, None)]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("kind,count", CASES)
-def test_converted_model_computes_what_their_code_computes(bed, family, kind, count):
+@pytest.mark.parametrize("kind,count,image_size", CASES)
+def test_converted_model_computes_what_their_code_computes(bed, family, kind, count, image_size):
     model, oracle = bed[family]["model_ours"], bed[family]["oracle"]
+    if kind == "anyres":
+        rows, cols = anyres.grid_shape(image_size, model.config.image_grid_pinpoints, model.config.vision_config.image_size)
+        count, kind = 1 + rows * cols, "image"
+        assert rows * cols > 1
     pixels = frames(model.config, count, seed=count)
     ids, mask = prompt(bed, family)
-    theirs = oracle.encode(kind, pixels.double(), ids[0], None if mask is None else mask[0])
-    relevance, tokens, layout = ours(model, kind, pixels, ids, mask)
+    theirs = oracle.encode(kind, pixels.double(), ids[0], None if mask is None else mask[0], image_size=image_size)
+    relevance, tokens, layout = ours(model, kind, pixels, ids, mask, image_size)
     assert_close(relevance, theirs["relevance"].reshape(relevance.shape))
     assert_close(tokens, theirs["features"])
-    assert tokens.shape[0] == model.config.visual_tokens(count, kind == "video")
+    assert tokens.shape[0] == model.config.visual_tokens(count, kind == "video", image_size)
 
     # the LLM's logits over a prompt with the item's placeholders, theirs with one image token per block
     image = model.config.image_token_id
     text = [1, 3067, 338, 263] if family == "vicuna" else [151644, 872, 198]
     after = [29973, 13] if family == "vicuna" else [30, 151645]
     theirs_ids = text + [image] * len(theirs["blocks"]) + after
-    ours_ids = torch.tensor([text + model.config.placeholders(count, kind == "video") + after])
+    ours_ids = torch.tensor([text + model.config.placeholders(count, kind == "video", image_size) + after])
     with torch.no_grad():
         logits = model(input_ids=ours_ids, pixel_values=pixels, prompt_input_ids=ids, prompt_attention_mask=mask,
                        **layout).logits[0]
-    expected = oracle.logits(theirs_ids, [(kind, pixels.double())], ids[0], None if mask is None else mask[0])
+    expected = oracle.logits(theirs_ids, [(kind, pixels.double(), image_size)], ids[0],
+                             None if mask is None else mask[0])
     assert_close(logits, expected)
 
 

@@ -172,6 +172,7 @@ def authors_config(theirs: dict, tower, tensors: dict[str, torch.Tensor]) -> PPL
                               else 64),
         siglip_patch_head="value" if family.name == "siglip" else "attention",
         image_newline="image_newline" in tensors,
+        image_grid_pinpoints=theirs.get("image_grid_pinpoints"),
         frame_resize="squash",                      # their video processor resizes frames to a square
         prompt_context_extension=[KEEP, STRETCH],
     )

@@ -8,6 +8,7 @@ tower aligned to InternViT by `ppllava align`; positions already extended) and
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from transformers import AutoConfig, PreTrainedConfig
@@ -16,6 +17,7 @@ from transformers.configuration_utils import SubConfigSpec
 from backends.llm_kernels import KERNELS as FUSED_KERNELS
 from backends.ops.pooling import output_size
 
+from . import anyres
 from .towers import family_of_vision
 
 VIDEO_KERNEL = [2, 3, 3]
@@ -73,6 +75,9 @@ class PPLLaVAConfig(PreTrainedConfig):
     # one learned token after each single-frame image's pooled tokens, as the authors' LLaVA-NeXT path appends
     # image_newline (multi-frame image items, their multi-image samples, get none)
     image_newline: bool = False
+    # LLaVA-NeXT's anyres images (model/anyres.py): the grid resolutions (height, width) an image item of
+    # 1 + rows*cols crops with an image size was cut to; its pooled crops are laid out, unpadded, a newline per row
+    image_grid_pinpoints: list[list[int]] | None = None
     # frames: "crop" (short side to the tower's size, centre crop) or "squash" (resized to a square, as the
     # authors' video processor does); None: the tower family's preset (data/preprocess.py)
     frame_resize: Literal["crop", "squash"] | None = None
@@ -126,8 +131,12 @@ class PPLLaVAConfig(PreTrainedConfig):
         stride = (self.video_stride if is_video else self.image_stride) or kernel
         return kernel, stride
 
-    def visual_tokens(self, frames: int, is_video: bool) -> int:
-        """Tokens the LLM receives for one item of `frames` frames (or crops, for an image)."""
+    def visual_tokens(self, frames: int, is_video: bool, image_size: tuple[int, int] | None = None) -> int:
+        """Tokens the LLM receives for one item of `frames` frames (or crops, for an image; an anyres image
+        of 1 + rows*cols crops also needs its (height, width))."""
+        if self.anyres_grid(frames, is_video, image_size) is not None:
+            per_side = self.visual_tokens(1, False) - int(self.appends_newline(1, False))
+            return anyres.tokens(self.anyres_grid(frames, is_video, image_size), math.isqrt(per_side), image_size)
         newline = int(self.appends_newline(frames, is_video))
         if self.pooling_mode == "none":
             return frames * self.patch_grid ** 2 + newline
@@ -143,11 +152,21 @@ class PPLLaVAConfig(PreTrainedConfig):
         """Whether an item's tokens end with image_newline: single-frame images of a model that has one."""
         return bool(self.image_newline) and not is_video and frames == 1
 
-    def placeholders(self, frames: int, is_video: bool) -> list[int]:
+    def anyres_grid(self, frames: int, is_video: bool, image_size) -> tuple[int, int] | None:
+        """(rows, columns) of an anyres image item; None for every other item."""
+        if is_video or image_size is None or not self.image_grid_pinpoints or frames == 1:
+            return None
+        grid = anyres.grid_shape(tuple(image_size), self.image_grid_pinpoints, side(self.vision_config.image_size))
+        if 1 + grid[0] * grid[1] != frames:
+            raise ValueError(f"an image of {tuple(image_size)} is cut into 1 + {grid[0]}x{grid[1]} crops, "
+                             f"got {frames}")
+        return grid
+
+    def placeholders(self, frames: int, is_video: bool, image_size: tuple[int, int] | None = None) -> list[int]:
         """The input_ids run that stands for one item: one placeholder per visual token it becomes, between the
         start and end tokens where the base has them."""
         token = self.video_token_id if is_video and self.video_token_id is not None else self.image_token_id
-        run = [token] * self.visual_tokens(frames, is_video)
+        run = [token] * self.visual_tokens(frames, is_video, image_size)
         if self.visual_start_token_id is not None:
             run = [self.visual_start_token_id, *run, self.visual_end_token_id]
         return run

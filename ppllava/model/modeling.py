@@ -13,12 +13,14 @@ input_ids positions that hold config.image_token_id / video_token_id.
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers.activations import ACT2FN
 
+from . import anyres
 from .btadapter import BTAdapter
 from .config import PPLLaVAConfig
 from .llm_kernels import use_llm_kernels
@@ -151,16 +153,22 @@ class PPLLaVAForConditionalGeneration(PPLLaVAPreTrainedModel):
         return torch.cat(out)
 
     def encode_visuals(self, pixel_values, visual_frames, visual_is_video, visual_sample,
-                       prompt_input_ids, prompt_attention_mask=None, patches=None) -> list[torch.Tensor]:
+                       prompt_input_ids, prompt_attention_mask=None, patches=None,
+                       visual_image_size=None) -> list[torch.Tensor]:
         """The LLM-space tokens of every visual item, in item order: a list of (N_i, D_llm).
 
         `patches`: vision_patches(pixel_values) computed before (a chat about one video encodes its frames
-        once; each question pools them anew), then pixel_values may be None."""
+        once; each question pools them anew), then pixel_values may be None. `visual_image_size` (N, 2): the
+        (height, width) of each anyres image item (config.image_grid_pinpoints), 0 for the others."""
         guided = self.config.pooling_mode == "prompt"
         frames, videos, samples = _check_visual_inputs(pixel_values if patches is None else patches, visual_frames,
                                                        visual_is_video, visual_sample, prompt_input_ids, guided)
-        if patches is None:
-            patches = self.vision_patches(pixel_values, frames)        # each module runs once, in this order
+        sizes = [None if visual_image_size is None or not int(visual_image_size[i].min()) else
+                 tuple(int(v) for v in visual_image_size[i]) for i in range(len(frames))]
+        if patches is None:          # each module runs once, in this order; an anyres image's crops are not a video
+            together = [n for t, v, size in zip(frames, videos, sizes)
+                        for n in ([1] * t if self.config.anyres_grid(t, v, size) else [t])]
+            patches = self.vision_patches(pixel_values, together)
         if guided:
             text = self.prompt_pooling.encode_prompt(prompt_input_ids, prompt_attention_mask)
             embeds = self.prompt_pooling.embed_patches(patches)
@@ -184,8 +192,24 @@ class PPLLaVAForConditionalGeneration(PPLLaVAPreTrainedModel):
         if not self.config.project_before_pooling:
             tokens = list(self.multi_modal_projector(torch.cat(tokens)).split([len(t) for t in tokens]))
         if self.image_newline is not None:
-            tokens = [torch.cat([tok, self.image_newline[None].to(tok.dtype)]) if self.config.appends_newline(t, v)
-                      else tok for tok, t, v in zip(tokens, frames, videos)]
+            tokens = [self._with_newlines(tok, t, v, size) for tok, t, v, size in zip(tokens, frames, videos, sizes)]
+            if self.image_newline.requires_grad and torch.is_grad_enabled() and tokens \
+                    and not any(self.config.appends_newline(t, v) or self.config.anyres_grid(t, v, size)
+                                for t, v, size in zip(frames, videos, sizes)):
+                # no single image here: an empty slice of it still gives it a (zero) gradient, as DeepSpeed's ZeRO
+                # needs every trainable parameter's gradient on every process (else its reductions mismatch)
+                tokens[0] = torch.cat([tokens[0], self.image_newline[None][:0].to(tokens[0].dtype)])
+        return tokens
+
+    def _with_newlines(self, tokens: torch.Tensor, frames: int, is_video: bool, image_size) -> torch.Tensor:
+        """An item's tokens as the LLM reads them: an anyres image laid out with a newline per row, a single
+        image followed by one newline, the others as they are."""
+        grid = self.config.anyres_grid(frames, is_video, image_size)
+        if grid is not None:
+            side = math.isqrt(tokens.shape[0] // frames)
+            return anyres.layout(tokens.reshape(frames, side, side, -1), grid, image_size, self.image_newline)
+        if self.config.appends_newline(frames, is_video):
+            return torch.cat([tokens, self.image_newline[None].to(tokens.dtype)])
         return tokens
 
     def placeholder_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -196,7 +220,7 @@ class PPLLaVAForConditionalGeneration(PPLLaVAPreTrainedModel):
 
     def embed_inputs(self, input_ids, pixel_values=None, visual_frames=None, visual_is_video=None,
                      visual_sample=None, prompt_input_ids=None, prompt_attention_mask=None,
-                     patches=None) -> torch.Tensor:
+                     patches=None, visual_image_size=None) -> torch.Tensor:
         """LLM input embeddings with every visual placeholder replaced by its visual token."""
         embeds = self.get_input_embeddings()(input_ids)
         mask = self.placeholder_mask(input_ids)
@@ -205,17 +229,17 @@ class PPLLaVAForConditionalGeneration(PPLLaVAPreTrainedModel):
                 raise ValueError(f"input_ids hold {int(mask.sum())} visual placeholder tokens but no pixel_values were given")
             return embeds
         tokens = self.encode_visuals(pixel_values, visual_frames, visual_is_video, visual_sample,
-                                     prompt_input_ids, prompt_attention_mask, patches)
+                                     prompt_input_ids, prompt_attention_mask, patches, visual_image_size)
         _check_placeholders(mask, tokens, visual_sample)
         return embeds.masked_scatter(mask.unsqueeze(-1), torch.cat(tokens).to(embeds.dtype))
 
     def forward(self, input_ids=None, attention_mask=None, pixel_values=None, visual_frames=None,
                 visual_is_video=None, visual_sample=None, prompt_input_ids=None, prompt_attention_mask=None,
-                inputs_embeds=None, labels=None, patches=None, **kwargs):
+                inputs_embeds=None, labels=None, patches=None, visual_image_size=None, **kwargs):
         """Causal-LM forward; labels at visual placeholder positions are ignored (set to -100)."""
         if inputs_embeds is None:
             inputs_embeds = self.embed_inputs(input_ids, pixel_values, visual_frames, visual_is_video, visual_sample,
-                                              prompt_input_ids, prompt_attention_mask, patches)
+                                              prompt_input_ids, prompt_attention_mask, patches, visual_image_size)
         if labels is not None and input_ids is not None:
             labels = labels.masked_fill(self.placeholder_mask(input_ids), -100)
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
@@ -223,12 +247,12 @@ class PPLLaVAForConditionalGeneration(PPLLaVAPreTrainedModel):
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, pixel_values=None, visual_frames=None, visual_is_video=None,
                  visual_sample=None, prompt_input_ids=None, prompt_attention_mask=None, patches=None,
-                 **generate_kwargs):
+                 visual_image_size=None, **generate_kwargs):
         """Encode the visuals once, then let the LLM generate from the merged embeddings.
 
         Returns input_ids followed by the generated tokens, as transformers' generate() does."""
         embeds = self.embed_inputs(input_ids, pixel_values, visual_frames, visual_is_video, visual_sample,
-                                   prompt_input_ids, prompt_attention_mask, patches)
+                                   prompt_input_ids, prompt_attention_mask, patches, visual_image_size)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         new = self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
