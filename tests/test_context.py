@@ -103,3 +103,48 @@ def test_long_prompts_are_truncated_with_one_warning(caplog):
     caplog.clear()
     padded = encode_prompts(tokenizer, [short], max_length=196, pad_to_max=True)
     assert padded["input_ids"].shape == (1, 196) and not caplog.records
+
+
+def test_frozen_positions_keep_their_values_through_training_steps():
+    """prompt_frozen_positions: the rows below it get no gradient and the trainer's AdamW leaves them bit for
+    bit; the rows above train; the features equal those of the same tower without the freeze."""
+    from ppllava.model.factory import build_model, load_config
+    from ppllava.train.optim import build_optimizer
+
+    config = load_config("tiny")
+    config.prompt_frozen_positions = 20
+    frozen = build_model(config, seed=0)
+    config.prompt_frozen_positions = 0
+    plain = build_model(config, seed=0)
+    path = "prompt_pooling.prompt_tower." + frozen.prompt_pooling.family.position_embedding_path + ".weight"
+    assert path in dict(frozen.named_parameters())              # the same name in the state dict
+    eos = config.prompt_config.eos_token_id                     # CLIP pools at the end-of-text token
+    ids = torch.cat([torch.arange(2, 41), torch.tensor([eos])])[None]   # 40 tokens: positions 0..39
+    torch.testing.assert_close(frozen.prompt_pooling.encode_prompt(ids), plain.prompt_pooling.encode_prompt(ids),
+                               rtol=0, atol=0)
+    table = dict(frozen.named_parameters())[path]
+    before = table.detach().clone()
+    frozen.apply_trainable()
+    optimizer = build_optimizer(frozen, lr=1e-2, weight_decay=0.1, betas=(0.9, 0.999), group_lr={})
+    for _ in range(2):
+        optimizer.zero_grad()
+        frozen.prompt_pooling.encode_prompt(ids).square().sum().backward()
+        assert table.grad[:20].abs().sum() == 0 and table.grad[20:40].abs().sum(dim=1).gt(0).all()
+        optimizer.step()
+    assert torch.equal(table.detach()[:20], before[:20])
+    assert not torch.equal(table.detach()[20:40], before[20:40])
+
+
+def test_frozen_rows_in_a_siglip_tower():
+    from ppllava.model.context import freeze_rows
+
+    config = SiglipTextConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=4, max_position_embeddings=64)
+    tower = SiglipTextModel(config)
+    before = tower(input_ids=torch.arange(2, 66)[None]).pooler_output
+    freeze_rows(tower, FAMILIES["siglip"].position_embedding_path, 20)
+    out = tower(input_ids=torch.arange(2, 66)[None]).pooler_output
+    torch.testing.assert_close(out, before, rtol=0, atol=0)
+    out.square().sum().backward()
+    grad = tower.embeddings.position_embedding.weight.grad
+    assert grad[:20].abs().sum() == 0 and grad[20:].abs().sum(dim=1).gt(0).all()

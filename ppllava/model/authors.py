@@ -175,6 +175,7 @@ def authors_config(theirs: dict, tower, tensors: dict[str, torch.Tensor]) -> PPL
         image_grid_pinpoints=theirs.get("image_grid_pinpoints"),
         frame_resize="squash",                      # their video processor resizes frames to a square
         prompt_context_extension=[KEEP, STRETCH],
+        prompt_frozen_positions=KEEP,               # their frozen table holds the rows below 20
     )
     if theirs.get("valuew_plus"):
         raise ValueError("config.json: valuew_plus true (relevance reweighted by the head's attention) is not supported")

@@ -95,6 +95,9 @@ class PPLLaVAConfig(PreTrainedConfig):
     visual_end_token_id: int | None = None
     # (keep, stretch) of the prompt tower's context extension, None if its positions are the pretrained ones
     prompt_context_extension: list[int] | None = None
+    # prompt positions below this keep their values in training (the pretrained rows, as Long-CLIP and the
+    # authors' code keep them: model/context.py FrozenRowsEmbedding); 0: the whole table trains
+    prompt_frozen_positions: int = 0
     # parameter groups that train (the vision tower and its patch projection are frozen by default)
     train_vision_tower: bool = False
     train_prompt_tower: bool = True
@@ -214,6 +217,10 @@ class PPLLaVAConfig(PreTrainedConfig):
             raise ValueError(f"btadapter_drop_path must be in [0, 1), got {self.btadapter_drop_path}")
         if self.siglip_patch_head not in ("attention", "value"):
             raise ValueError(f"siglip_patch_head must be 'attention' or 'value', got {self.siglip_patch_head!r}")
+        if isinstance(self.prompt_frozen_positions, bool) or not isinstance(self.prompt_frozen_positions, int) \
+                or not 0 <= self.prompt_frozen_positions <= self.prompt_config.max_position_embeddings:
+            raise ValueError(f"prompt_frozen_positions must be an int in 0..{self.prompt_config.max_position_embeddings}"
+                             f", got {self.prompt_frozen_positions!r}")
         if self.frame_resize not in (None, "crop", "squash"):
             raise ValueError(f"frame_resize must be 'crop', 'squash' or null, got {self.frame_resize!r}")
         unknown = sorted(set(self.npu_fused_kernels or ()) - set(FUSED_KERNELS))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -60,3 +61,27 @@ def encode_prompts(tokenizer, texts: list[str], max_length: int, pad_to_max: boo
     # SigLIP's (slow) tokenizer returns no attention mask unless asked: its tower does not read one
     return tokenizer(list(texts), padding="max_length" if pad_to_max else "longest", truncation=True,
                      max_length=max_length, return_attention_mask=True, return_tensors="pt")
+
+
+class FrozenRowsEmbedding(nn.Embedding):
+    """An embedding whose first `frozen` rows get no gradient: they keep their values through training (with a
+    zero gradient AdamW leaves them exactly as they are). Reads its weight inside its own call (ZeRO-3)."""
+
+    def __init__(self, weight: nn.Parameter, frozen: int):
+        super().__init__(weight.shape[0], weight.shape[1], _weight=weight)     # holds it, draws no random numbers
+        self.frozen = frozen
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        weight = torch.cat([self.weight[: self.frozen].detach(), self.weight[self.frozen:]])
+        return nn.functional.embedding(ids, weight)
+
+
+def freeze_rows(tower: nn.Module, path: str, frozen: int) -> None:
+    """Swap the nn.Embedding at `path` inside `tower` for a FrozenRowsEmbedding holding the same Parameter
+    (its name in the state dict does not change)."""
+    parent, _, name = path.rpartition(".")
+    old = tower.get_submodule(path)
+    new = FrozenRowsEmbedding(old.weight, frozen)
+    if hasattr(old, "_is_hf_initialized"):       # the tower initialised it: the model's own init passes it by
+        new._is_hf_initialized = old._is_hf_initialized
+    setattr(tower.get_submodule(parent) if parent else tower, name, new)

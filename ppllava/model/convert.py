@@ -130,6 +130,7 @@ def build_config(base, dual, keep: int, stretch: int, fields: dict | None = None
         image_token_id=base.config.image_token_id,
         video_token_id=getattr(base.config, "video_token_id", None),
         prompt_context_extension=[keep, stretch],
+        prompt_frozen_positions=keep,              # the pretrained rows stay as they are in training (Long-CLIP)
         relevance_scale=float(dual.logit_scale.detach().float().exp()),
         **BASES[base.config.model_type].config_fields(base.config),
         **(fields or {}),

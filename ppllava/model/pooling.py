@@ -8,6 +8,7 @@ from torch import nn
 import backends
 
 from .config import PPLLaVAConfig
+from .context import freeze_rows
 
 
 class PromptGuidedPooling(nn.Module):
@@ -22,6 +23,8 @@ class PromptGuidedPooling(nn.Module):
         self.config = config
         self.family = config.tower_family()
         self.prompt_tower = self.family.text_class(config.prompt_config)
+        if config.prompt_frozen_positions:
+            freeze_rows(self.prompt_tower, self.family.position_embedding_path, config.prompt_frozen_positions)
         self.patch_projection = self.family.build_patch_projection(config)
 
     @property
