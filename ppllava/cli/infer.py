@@ -17,8 +17,9 @@ examples:
 
 --batch reads lines of {"video": PATH, "question": TEXT} (optional "id"; relative paths are taken from
 the file's folder) and appends {"id", "answer", "tokens", "visual_tokens", "seconds"} or {"id", "error"}
-to --out, one line each; rerunning skips the ids answered there and retries the failed ones. The exit
-code is 1 when any question failed.
+to --out, one line each; rerunning skips the ids answered there and retries the failed ones (a last line
+cut short by a crash is dropped and its question answered again). Two questions with the same id are
+refused. The exit code is 1 when any question failed.
 """
 
 
@@ -61,15 +62,16 @@ def run(args) -> int:
     from pathlib import Path
 
     from ppllava.infer import Pipeline
-    from ppllava.infer.batch import read_requests, run_batch
+    from ppllava.infer.batch import read_requests, resume, run_batch
 
     _check(args)
     options.existing_file(args.video, "--video")
     options.quiet_loading()
     requests = read_requests(args.batch) if args.batch else None
+    done = resume(args.out) if args.batch else None
     pipe = Pipeline.load(args.model, device=args.device, dtype=args.dtype, frames=args.frames)
     if requests is not None:
-        result = run_batch(pipe, requests, args.out, args.max_new_tokens, base=Path(args.batch).parent)
+        result = run_batch(pipe, requests, args.out, args.max_new_tokens, base=Path(args.batch).parent, done=done)
         print(f"answered {result['answered']}, errors {result['errors']}, already in {args.out}: {result['skipped']}",
               file=sys.stderr)
         return 1 if result["errors"] else 0
