@@ -45,9 +45,15 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ppllava import distributed
+    from ppllava.errors import UserError
     from ppllava.evaluate import evaluate, load_benchmark, write_json_atomic
     from ppllava.infer import Pipeline
 
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit {args.limit}: give the number of questions to answer (>= 1), or leave it out for all")
+    if args.videos is not None and not Path(args.videos).is_dir():
+        raise UserError(f"--videos {args.videos} {'is not a folder' if Path(args.videos).exists() else 'does not exist'}"
+                        f"; give the folder the videos' paths are relative to")
     questions = load_benchmark(args.benchmark, args.data, args.videos)
     if args.scored_only:
         questions = [q for q in questions if q.answer is not None]

@@ -96,3 +96,5 @@ def _answer(respond, question: str, args, visual) -> None:
                           "seconds": {**(visual.seconds if visual else {}), **answer.seconds}}))
     else:
         print()
+        if not answer.text:                                   # nothing but whitespace or stop tokens came out
+            print(f"(empty answer: {answer.tokens} generated token(s) decode to no text)", file=sys.stderr)
