@@ -34,6 +34,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model", required=True, help="a PPLLaVA checkpoint folder")
     p.add_argument("--out", default=None, help="write the full results (JSON) here")
     options.add_device(p)
+    options.add_reader(p)
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
     p.add_argument("--frames", type=int, default=32, help="frames sampled per video (default 32)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated per answer (default 16)")
@@ -65,7 +66,7 @@ def run(args) -> int:
     options.quiet_loading()
     group = distributed.start(deepspeed=False, device=None if args.device == "auto" else args.device)
     try:
-        pipe = Pipeline.load(args.model, device=group.device, dtype=args.dtype, frames=args.frames)
+        pipe = Pipeline.load(args.model, device=group.device, dtype=args.dtype, frames=args.frames, reader=args.reader)
         result = evaluate(pipe, questions, group, args.benchmark, args.max_new_tokens)
         if result is not None:
             if args.out:

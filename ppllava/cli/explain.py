@@ -34,6 +34,7 @@ def add_parser(sub) -> None:
     p.add_argument("--prompt", required=True, help="the question whose relevance map is drawn")
     p.add_argument("--out", required=True, metavar="FILE.png", help="the picture to write (PNG, replaced atomically)")
     options.add_device(p)
+    options.add_reader(p)
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
     p.add_argument("--frames", type=int, default=32, help="frames sampled from a video (default 32, as `infer`)")
     p.add_argument("--columns", type=int, default=None,
@@ -54,7 +55,7 @@ def run(args) -> int:
     check_out(args.out)
     options.existing_file(args.video, "--video")
     options.quiet_loading()
-    pipe = Pipeline.load(args.model, device=args.device, dtype=args.dtype, frames=args.frames)
+    pipe = Pipeline.load(args.model, device=args.device, dtype=args.dtype, frames=args.frames, reader=args.reader)
     summary = explain(pipe, args.video, args.prompt, args.out, columns=args.columns)
     if args.json:
         print(json.dumps(summary))

@@ -36,6 +36,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch", metavar="JSONL", help="questions to answer, one JSON object a line")
     p.add_argument("--out", metavar="JSONL", help="where --batch appends its answers")
     options.add_device(p)
+    options.add_reader(p)
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
     p.add_argument("--frames", type=int, default=32, help="frames sampled from a video (default 32)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate (default 256)")
@@ -69,7 +70,7 @@ def run(args) -> int:
     options.quiet_loading()
     requests = read_requests(args.batch) if args.batch else None
     done = resume(args.out) if args.batch else None
-    pipe = Pipeline.load(args.model, device=args.device, dtype=args.dtype, frames=args.frames)
+    pipe = Pipeline.load(args.model, device=args.device, dtype=args.dtype, frames=args.frames, reader=args.reader)
     if requests is not None:
         result = run_batch(pipe, requests, args.out, args.max_new_tokens, base=Path(args.batch).parent, done=done)
         print(f"answered {result['answered']}, errors {result['errors']}, already in {args.out}: {result['skipped']}",

@@ -36,6 +36,12 @@ def check_geometry(args) -> None:
         raise ValueError(f"--frames must be >= 2 and --size >= 3 for the (2, 3, 3) kernel, got {args.frames} and {args.size}")
 
 
+def add_reader(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reader", default="auto", choices=["auto", "decord", "pyav", "torchcodec"],
+                        help="the library that decodes videos (default auto: the first of decord, pyav, torchcodec "
+                             "installed, and the next for a file it cannot open, with a warning)")
+
+
 def quiet_loading() -> None:
     """No transformers progress bar while a checkpoint loads: the commands report what matters themselves."""
     from transformers.utils import logging as hf_logging

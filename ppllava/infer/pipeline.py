@@ -96,6 +96,7 @@ class Pipeline:
         if frames < 1:
             raise ValueError(f"--frames must be >= 1, got {frames}")
         device = resolve_device(device)
+        get_reader(reader)                                       # an unknown reader or a missing library: now
         config = read_config(directory)                          # one clear error for a folder that is not ours
         if frames < config.video_kernel[0]:
             raise ValueError(f"--frames {frames} is fewer than the video kernel's {config.video_kernel[0]} frames")
