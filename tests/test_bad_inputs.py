@@ -33,6 +33,8 @@ def bed(tmp_path_factory):
     shutil.copytree(model, root / "badconfig")
     config = root / "badconfig" / "config.json"
     os.truncate(config, config.stat().st_size // 2)
+    (root / "onlystate").mkdir()
+    (root / "onlystate" / "trainer_state.json").write_text('{"step": 3, "posit')
     (root / "vmme.jsonl").write_text('{"question_id": "1", "videoID": "v", "question": "q", "options": ["A. x", "B. y"], '
                                      '"answer": "A"}\n')
     (root / "syntax.yaml").write_text("epochs: [1,\n")
@@ -72,6 +74,10 @@ CASES = [  # (id, argv with {root} filled in, env, words the one line must hold)
      ["badconfig/config.json: not valid JSON"]),
     ("broken config.json: convert", ["convert", "--base", "{root}/badconfig", "--text-tower", "{root}/model",
                                      "--out", "{root}/converted"], {}, ["base", "badconfig/config.json: not valid JSON"]),
+    ("resume a broken trainer_state.json", ["train", "--config", TINY_RECIPE, "model={root}/model",
+                                            "data={root}/data/data.yaml", "output_dir={root}/run",
+                                            "resume={root}/onlystate"], {},
+     ["checkpoint", "onlystate is damaged: trainer_state.json is not valid JSON", "give another checkpoint"]),
     ("reader not installed", ["infer", "--model", "{root}/model", "--video", "{root}/v.mp4", "--prompt", "hi",
                               "--reader", "torchcodec"], {}, ["reader 'torchcodec' cannot load", "pip install"]),
     ("a folder as --out", ["infer", "--model", "{root}/model", "--batch", "{root}/q.jsonl", "--out",

@@ -47,7 +47,10 @@ RECIPE_FILE = "train_config.yaml"
 
 def check_same_recipe(cfg, folder: Path, fields: tuple[str, ...] = SAME_ON_RESUME) -> None:
     """Raise if the recipe saved in checkpoint `folder` differs from `cfg` (a TrainConfig or AlignConfig) in `fields`."""
-    saved = read_yaml(folder / RECIPE_FILE) if (folder / RECIPE_FILE).is_file() else {}
+    if not (folder / RECIPE_FILE).is_file():
+        raise ValueError(f"checkpoint {folder} holds no {RECIPE_FILE}: not a complete checkpoint of ppllava train or "
+                         f"align; give another (resume=DIR) or a new output_dir")
+    saved = read_yaml(folder / RECIPE_FILE)
     now = cfg.to_dict()
     changed = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in fields if saved.get(k) != now[k]]
     if changed:
