@@ -124,6 +124,8 @@ def test_zero2_two_processes_train(zero2_run):
     assert_goes_down(losses(zero2_run))
     kept = sorted(p.name for p in (zero2_run / "checkpoints").glob("step-*"))
     assert kept == ["step-000009", "step-000012"]                  # keep_last 2 of 3, 6, 9, 12
+    saved = json.loads((zero2_run / "checkpoints" / "step-000012" / "config.json").read_text())
+    assert saved["default_frames"] == 4                             # the recipe's frames: infer's default
 
 
 def test_zero3_two_processes_train_export_and_serve(bed, tmp_path):
@@ -135,6 +137,7 @@ def test_zero3_two_processes_train_export_and_serve(bed, tmp_path):
     exported = tmp_path / "exported"
     run(ONE_PROCESS + ["export", "--checkpoint", str(out), "--out", str(exported)], tmp_path / "export")
     model = load_model(exported).eval()                             # one process, no DeepSpeed
+    assert model.config.default_frames == 4                         # the frames it trained with, carried over
     assert model.dtype == torch.bfloat16                            # trained in bf16, exported as such
     saved = torch.load(probe)
     with torch.no_grad():

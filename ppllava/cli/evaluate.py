@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
     options.add_device(p)
     options.add_reader(p)
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
-    p.add_argument("--frames", type=int, default=32, help="frames sampled per video (default 32)")
+    options.add_frames(p)
     p.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated per answer (default 16)")
     p.add_argument("--limit", type=int, default=None, help="only the first N questions (a quick check)")
     p.add_argument("--scored-only", action="store_true",
@@ -67,6 +67,8 @@ def run(args) -> int:
     group = distributed.start(deepspeed=False, device=None if args.device == "auto" else args.device)
     try:
         pipe = Pipeline.load(args.model, device=group.device, dtype=args.dtype, frames=args.frames, reader=args.reader)
+        if group.is_main:
+            options.say_frames(args, pipe)
         result = evaluate(pipe, questions, group, args.benchmark, args.max_new_tokens)
         if result is not None:
             if args.out:

@@ -38,7 +38,7 @@ def add_parser(sub) -> None:
     options.add_device(p)
     options.add_reader(p)
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
-    p.add_argument("--frames", type=int, default=32, help="frames sampled from a video (default 32)")
+    options.add_frames(p)
     p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate (default 256)")
     p.add_argument("--json", action="store_true", help="print one JSON object (answer, timings) instead of streaming")
     p.set_defaults(run=run)
@@ -71,6 +71,7 @@ def run(args) -> int:
     requests = read_requests(args.batch) if args.batch else None
     done = resume(args.out) if args.batch else None
     pipe = Pipeline.load(args.model, device=args.device, dtype=args.dtype, frames=args.frames, reader=args.reader)
+    options.say_frames(args, pipe)
     if requests is not None:
         result = run_batch(pipe, requests, args.out, args.max_new_tokens, base=Path(args.batch).parent, done=done)
         print(f"answered {result['answered']}, errors {result['errors']}, already in {args.out}: {result['skipped']}",

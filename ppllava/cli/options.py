@@ -42,6 +42,19 @@ def add_reader(parser: argparse.ArgumentParser) -> None:
                              "installed, and the next for a file it cannot open, with a warning)")
 
 
+def add_frames(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--frames", type=int, default=None,
+                        help="frames sampled from a video (default: those the checkpoint was trained with, else 32)")
+
+
+def say_frames(args, pipe) -> None:
+    """Which frame count a run uses when --frames was not given and the checkpoint chose it (stderr)."""
+    import sys
+
+    if args.frames is None and getattr(pipe.config, "default_frames", None):
+        print(f"{pipe.frames} frames per video, as the checkpoint was trained (--frames to change)", file=sys.stderr)
+
+
 def quiet_loading() -> None:
     """No transformers progress bar while a checkpoint loads: the commands report what matters themselves."""
     from transformers.utils import logging as hf_logging

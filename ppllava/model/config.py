@@ -75,6 +75,7 @@ class PPLLaVAConfig(PreTrainedConfig):
     visual_end_token_id: int | None = None
     # (keep, stretch) of the prompt tower's context extension, None if its positions are the pretrained ones
     prompt_context_extension: list[int] | None = None
+    default_frames: int | None = None            # frames per video it was trained with (ppllava train writes it)
     # parameter groups that train (the vision tower and its patch projection are frozen by default)
     train_vision_tower: bool = False
     train_prompt_tower: bool = True

@@ -80,6 +80,12 @@ def build_data(cfg: TrainConfig, model_config, tokenizer, prompt_tokenizer):
     return data, dataset, Collator.for_model(model_config, tokenizer, prompt_tokenizer)
 
 
+def trained_frames(data) -> int | None:
+    """The frames per video of a data config whose video datasets all sample the same number (else None)."""
+    counts = {d.frames for d in data.datasets}
+    return counts.pop() if len(counts) == 1 else None
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
@@ -109,6 +115,7 @@ class Trainer:
             raise ValueError(f"{len(dataset)} samples give {self.stream.per_epoch} micro-batches per process per epoch: "
                              f"too few for one step of global batch {cfg.global_batch_size} on {world} processes")
 
+        config.default_frames = trained_frames(self.data) or config.default_frames   # infer's default for --frames
         model = load_model(cfg.model, config=config)
         self.trains = model.apply_trainable()
         if cfg.gradient_checkpointing:
