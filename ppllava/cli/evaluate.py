@@ -45,10 +45,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ppllava import distributed
     from ppllava.errors import UserError
-    from ppllava.evaluate import evaluate, load_benchmark, write_json_atomic
-    from ppllava.infer import Pipeline
+    from ppllava.evaluate import load_benchmark
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: give the number of questions to answer (>= 1), or leave it out for all")
@@ -63,6 +61,10 @@ def run(args) -> int:
     questions = questions[:args.limit]
     if args.out and Path(args.out).is_dir():
         raise ValueError(f"--out {args.out} is a folder: give the path of the JSON file to write")
+    from ppllava import distributed
+    from ppllava.evaluate import evaluate, write_json_atomic
+    from ppllava.infer import Pipeline
+
     options.quiet_loading()
     group = distributed.start(deepspeed=False, device=None if args.device == "auto" else args.device)
     try:

@@ -62,14 +62,15 @@ def _check(args) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from ppllava.infer import Pipeline
+    _check(args)                                              # before the heavy imports: a bad argument is quick
+    options.existing_file(args.video, "--video")
     from ppllava.infer.batch import read_requests, resume, run_batch
 
-    _check(args)
-    options.existing_file(args.video, "--video")
-    options.quiet_loading()
     requests = read_requests(args.batch) if args.batch else None
     done = resume(args.out) if args.batch else None
+    from ppllava.infer import Pipeline
+
+    options.quiet_loading()
     pipe = Pipeline.load(args.model, device=args.device, dtype=args.dtype, frames=args.frames, reader=args.reader)
     options.say_frames(args, pipe)
     if requests is not None:

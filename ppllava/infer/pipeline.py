@@ -104,6 +104,9 @@ class Pipeline:
             raise ValueError(f"--frames {frames} is fewer than the video kernel's {config.video_kernel[0]} frames")
         check_frame_budget(config, frames)                       # before any weight is read or frame decoded
         tokenizer, prompt_tokenizer = load_tokenizers(directory) # before the weights: fail fast
+        # a prompt beyond the prompt tower's positions is truncated with our own warning (model/context.py): not
+        # transformers' too
+        prompt_tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
         dtype = dtype_from_name(dtype) if isinstance(dtype, str) else dtype
         model = load_model(directory, dtype=dtype).to(device)
         return cls(model, tokenizer, prompt_tokenizer, device, frames, reader)

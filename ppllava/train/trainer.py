@@ -96,6 +96,8 @@ class Trainer:
         self.group = distributed.start()
         torch.manual_seed(cfg.seed + self.group.rank)              # dropout differs per process, reproducibly
         self.out = Path(cfg.output_dir)
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"output_dir {self.out} is a file: give a folder for the run's checkpoints and metrics")
         self.checkpoints = Checkpoints(self.out / "checkpoints", self.group, cfg.keep_last)
         self.resume_from = self._choose_checkpoint()
 
