@@ -16,7 +16,7 @@ OPEN_CLIP ?= open_clip_torch==3.3.0
 OPEN_CLIP_STAMP := $(VENV)/.installed-$(subst ==,-,$(OPEN_CLIP))
 comma := ,
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo tiny bench clean
 
 install: $(STAMP) $(if $(filter dev,$(subst $(comma), ,$(EXTRAS))),$(OPEN_CLIP_STAMP))
 
@@ -34,6 +34,11 @@ $(OPEN_CLIP_STAMP): $(STAMP)
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# the tiny recipe end to end: a tiny random model and synthetic clips (build/tiny), then training (build/tiny/run)
+tiny: install
+	$(BIN)/ppllava testbed tiny --out build/tiny
+	$(BIN)/ppllava train --config configs/train/tiny.yaml
 
 demo: install
 	@mkdir -p build

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ppllava.cli import main
+from ppllava.data import available_readers
 from ppllava.model.tiny import save_tiny_checkpoint
 from train_data import write_training_data
 from videos import write_video
@@ -29,6 +30,13 @@ def bed(tmp_path_factory):
     shutil.copytree(model, cut)
     weights = cut / "model.safetensors"
     os.truncate(weights, weights.stat().st_size // 2)
+    shutil.copytree(model, root / "badconfig")
+    config = root / "badconfig" / "config.json"
+    os.truncate(config, config.stat().st_size // 2)
+    (root / "onlystate").mkdir()
+    (root / "onlystate" / "trainer_state.json").write_text('{"step": 3, "posit')
+    (root / "vmme.jsonl").write_text('{"question_id": "1", "videoID": "v", "question": "q", "options": ["A. x", "B. y"], '
+                                     '"answer": "A"}\n')
     (root / "syntax.yaml").write_text("epochs: [1,\n")
     (root / "tagged.yaml").write_text("epochs: !!python/object/apply:os.system ['true']\n")
     (root / "a-folder.yaml").mkdir()
@@ -55,6 +63,23 @@ CASES = [  # (id, argv with {root} filled in, env, words the one line must hold)
     ("truncated weights: train", ["train", "--config", TINY_RECIPE, "model={root}/cut", "data={root}/data/data.yaml",
                                   "output_dir={root}/run"], {},
      ["model.safetensors is not a complete safetensors"]),
+    ("broken config.json: infer", ["infer", "--model", "{root}/badconfig", "--video", "{root}/v.mp4", "--prompt", "hi"],
+     {}, ["checkpoint", "badconfig/config.json: not valid JSON", "copy it again"]),
+    ("broken config.json: explain", ["explain", "--model", "{root}/badconfig", "--video", "{root}/v.mp4", "--prompt",
+                                     "hi", "--out", "{root}/x.png"], {}, ["badconfig/config.json: not valid JSON"]),
+    ("broken config.json: eval", ["eval", "--benchmark", "videomme", "--data", "{root}/vmme.jsonl", "--model",
+                                  "{root}/badconfig"], {}, ["badconfig/config.json: not valid JSON"]),
+    ("broken config.json: train", ["train", "--config", TINY_RECIPE, "model={root}/badconfig",
+                                   "data={root}/data/data.yaml", "output_dir={root}/run"], {},
+     ["badconfig/config.json: not valid JSON"]),
+    ("broken config.json: convert", ["convert", "--base", "{root}/badconfig", "--text-tower", "{root}/model",
+                                     "--out", "{root}/converted"], {}, ["base", "badconfig/config.json: not valid JSON"]),
+    ("resume a broken trainer_state.json", ["train", "--config", TINY_RECIPE, "model={root}/model",
+                                            "data={root}/data/data.yaml", "output_dir={root}/run",
+                                            "resume={root}/onlystate"], {},
+     ["checkpoint", "onlystate is damaged: trainer_state.json is not valid JSON", "give another checkpoint"]),
+    ("reader not installed", ["infer", "--model", "{root}/model", "--video", "{root}/v.mp4", "--prompt", "hi",
+                              "--reader", "torchcodec"], {}, ["reader 'torchcodec' cannot load", "pip install"]),
     ("a folder as --out", ["infer", "--model", "{root}/model", "--batch", "{root}/q.jsonl", "--out",
                            "{root}/folder-out"], {}, ["folder-out: Is a directory"]),
     ("undecodable prompt", ["infer", "--model", "{root}/model", "--video", "{root}/v.mp4", "--prompt",
@@ -72,6 +97,8 @@ CASES = [  # (id, argv with {root} filled in, env, words the one line must hold)
 
 @pytest.mark.parametrize("argv,env,words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_and_exit_2(bed, capsys, monkeypatch, argv, env, words):
+    if "--reader" in argv and argv[argv.index("--reader") + 1] in available_readers():
+        pytest.skip("the reader is installed here")
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     before = sorted(p.name for p in bed.iterdir())

@@ -129,6 +129,25 @@ def test_infer_bad_input_exits_2_with_one_line(bed, capsys, tmp_path, case):
                    needle)
 
 
+def test_frames_default_to_those_the_checkpoint_was_trained_with(bed, tmp_path, capsys):
+    """A checkpoint whose config says default_frames 4 (ppllava train writes it) is read at 4 frames unless --frames
+    says otherwise, and the run says which it used; one that does not say gets 32."""
+    import shutil
+
+    trained = shutil.copytree(bed["model"], tmp_path / "trained")
+    config = json.loads((trained / "config.json").read_text())
+    (trained / "config.json").write_text(json.dumps({**config, "default_frames": 4}))
+    argv = ["infer", "--video", str(bed["root"] / "v0.mp4"), "--prompt", "what", "--max-new-tokens", "1", "--json"]
+    seen = {}
+    for name, model, more in [("trained", trained, []), ("explicit", trained, ["--frames", "8"]),
+                              ("untrained", bed["model"], [])]:
+        assert main(argv + ["--model", str(model)] + more) == 0
+        captured = capsys.readouterr()
+        seen[name] = (json.loads(captured.out)["visual_tokens"],
+                      "4 frames per video, as the checkpoint was trained (--frames to change)" in captured.err)
+    assert seen == {"trained": (2 * 8 * 8, True), "explicit": (4 * 8 * 8, False), "untrained": (16 * 8 * 8, False)}
+
+
 def test_batch_infer_writes_a_line_per_question_and_continues(bed, tmp_path, capsys):
     requests = tmp_path / "q.jsonl"
     requests.write_text("\n".join(json.dumps(r) for r in [

@@ -124,6 +124,8 @@ def test_zero2_two_processes_train(zero2_run):
     assert_goes_down(losses(zero2_run))
     kept = sorted(p.name for p in (zero2_run / "checkpoints").glob("step-*"))
     assert kept == ["step-000009", "step-000012"]                  # keep_last 2 of 3, 6, 9, 12
+    saved = json.loads((zero2_run / "checkpoints" / "step-000012" / "config.json").read_text())
+    assert saved["default_frames"] == 4                             # the recipe's frames: infer's default
 
 
 def test_zero3_two_processes_train_export_and_serve(bed, tmp_path):
@@ -135,6 +137,7 @@ def test_zero3_two_processes_train_export_and_serve(bed, tmp_path):
     exported = tmp_path / "exported"
     run(ONE_PROCESS + ["export", "--checkpoint", str(out), "--out", str(exported)], tmp_path / "export")
     model = load_model(exported).eval()                             # one process, no DeepSpeed
+    assert model.config.default_frames == 4                         # the frames it trained with, carried over
     assert model.dtype == torch.bfloat16                            # trained in bf16, exported as such
     saved = torch.load(probe)
     with torch.no_grad():
@@ -207,6 +210,29 @@ def test_a_resume_with_another_recipe_world_size_or_resume_none_is_refused(bed, 
             wrong.append(f"{name}: exit {codes[name]}, expected 2 and {cases[name][1]!r}\n{proc.tail(1500)}")
     assert not wrong, "\n\n".join(wrong)
     assert checkpoint_names(out) == kept and metrics(out) == rows
+
+
+def test_a_damaged_newest_checkpoint_resumes_from_the_previous_on_the_same_losses(bed, zero2_run, tmp_path):
+    """The finished zero2 run with its newest checkpoint's model states cut short (a disk that filled up): the same
+    command resumes from step 9 with a warning naming the damaged file, sets the damaged one aside, and steps 10-12
+    give the uninterrupted run's losses."""
+    import shutil
+
+    out = tmp_path / "damaged"
+    shutil.copytree(zero2_run, out)
+    newest = out / "checkpoints" / "step-000012"
+    states = newest / "mp_rank_00_model_states.pt"
+    os.truncate(states, states.stat().st_size // 2)
+    cut_size = states.stat().st_size
+    log = run(train_argv(bed, out), tmp_path / "resumed").output()
+    assert (f"checkpoint {newest} is damaged: mp_rank_00_model_states.pt is cut short or not what it should be"
+            in log and "using the previous complete checkpoint, step-000009" in log), log[-3000:]
+    assert f"resumed from {out / 'checkpoints' / 'step-000009'}: step 9" in log
+    resumed, uninterrupted = metrics(out), metrics(zero2_run)
+    assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
+    torch.testing.assert_close([r["loss"] for r in resumed], [r["loss"] for r in uninterrupted], rtol=1e-6, atol=0)
+    assert checkpoint_names(out) == ["step-000009", "step-000012"]
+    assert (out / "checkpoints" / ".abandoned-step-000012" / states.name).stat().st_size == cut_size   # kept aside
 
 
 def test_two_nodes_on_loopback_train(bed, tmp_path):

@@ -34,8 +34,9 @@ def add_parser(sub) -> None:
     p.add_argument("--model", required=True, help="a PPLLaVA checkpoint folder")
     p.add_argument("--out", default=None, help="write the full results (JSON) here")
     options.add_device(p)
+    options.add_reader(p)
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
-    p.add_argument("--frames", type=int, default=32, help="frames sampled per video (default 32)")
+    options.add_frames(p)
     p.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated per answer (default 16)")
     p.add_argument("--limit", type=int, default=None, help="only the first N questions (a quick check)")
     p.add_argument("--scored-only", action="store_true",
@@ -44,10 +45,14 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ppllava import distributed
-    from ppllava.evaluate import evaluate, load_benchmark, write_json_atomic
-    from ppllava.infer import Pipeline
+    from ppllava.errors import UserError
+    from ppllava.evaluate import load_benchmark
 
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit {args.limit}: give the number of questions to answer (>= 1), or leave it out for all")
+    if args.videos is not None and not Path(args.videos).is_dir():
+        raise UserError(f"--videos {args.videos} {'is not a folder' if Path(args.videos).exists() else 'does not exist'}"
+                        f"; give the folder the videos' paths are relative to")
     questions = load_benchmark(args.benchmark, args.data, args.videos)
     if args.scored_only:
         questions = [q for q in questions if q.answer is not None]
@@ -56,10 +61,16 @@ def run(args) -> int:
     questions = questions[:args.limit]
     if args.out and Path(args.out).is_dir():
         raise ValueError(f"--out {args.out} is a folder: give the path of the JSON file to write")
+    from ppllava import distributed
+    from ppllava.evaluate import evaluate, write_json_atomic
+    from ppllava.infer import Pipeline
+
     options.quiet_loading()
     group = distributed.start(deepspeed=False, device=None if args.device == "auto" else args.device)
     try:
-        pipe = Pipeline.load(args.model, device=group.device, dtype=args.dtype, frames=args.frames)
+        pipe = Pipeline.load(args.model, device=group.device, dtype=args.dtype, frames=args.frames, reader=args.reader)
+        if group.is_main:
+            options.say_frames(args, pipe)
         result = evaluate(pipe, questions, group, args.benchmark, args.max_new_tokens)
         if result is not None:
             if args.out:

@@ -34,8 +34,9 @@ def add_parser(sub) -> None:
     p.add_argument("--prompt", required=True, help="the question whose relevance map is drawn")
     p.add_argument("--out", required=True, metavar="FILE.png", help="the picture to write (PNG, replaced atomically)")
     options.add_device(p)
+    options.add_reader(p)
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
-    p.add_argument("--frames", type=int, default=32, help="frames sampled from a video (default 32, as `infer`)")
+    options.add_frames(p)
     p.add_argument("--columns", type=int, default=None,
                    help="frames per row of the grid (default: ceil(sqrt(frames)), at most 8)")
     p.add_argument("--json", action="store_true",
@@ -54,7 +55,8 @@ def run(args) -> int:
     check_out(args.out)
     options.existing_file(args.video, "--video")
     options.quiet_loading()
-    pipe = Pipeline.load(args.model, device=args.device, dtype=args.dtype, frames=args.frames)
+    pipe = Pipeline.load(args.model, device=args.device, dtype=args.dtype, frames=args.frames, reader=args.reader)
+    options.say_frames(args, pipe)
     summary = explain(pipe, args.video, args.prompt, args.out, columns=args.columns)
     if args.json:
         print(json.dumps(summary))

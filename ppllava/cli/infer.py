@@ -17,8 +17,9 @@ examples:
 
 --batch reads lines of {"video": PATH, "question": TEXT} (optional "id"; relative paths are taken from
 the file's folder) and appends {"id", "answer", "tokens", "visual_tokens", "seconds"} or {"id", "error"}
-to --out, one line each; rerunning skips the ids answered there and retries the failed ones. The exit
-code is 1 when any question failed.
+to --out, one line each; rerunning skips the ids answered there and retries the failed ones (a last line
+cut short by a crash is dropped and its question answered again). Two questions with the same id are
+refused. The exit code is 1 when any question failed.
 """
 
 
@@ -35,8 +36,9 @@ def add_parser(sub) -> None:
     p.add_argument("--batch", metavar="JSONL", help="questions to answer, one JSON object a line")
     p.add_argument("--out", metavar="JSONL", help="where --batch appends its answers")
     options.add_device(p)
+    options.add_reader(p)
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
-    p.add_argument("--frames", type=int, default=32, help="frames sampled from a video (default 32)")
+    options.add_frames(p)
     p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate (default 256)")
     p.add_argument("--json", action="store_true", help="print one JSON object (answer, timings) instead of streaming")
     p.set_defaults(run=run)
@@ -60,16 +62,19 @@ def _check(args) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from ppllava.infer import Pipeline
-    from ppllava.infer.batch import read_requests, run_batch
-
-    _check(args)
+    _check(args)                                              # before the heavy imports: a bad argument is quick
     options.existing_file(args.video, "--video")
-    options.quiet_loading()
+    from ppllava.infer.batch import read_requests, resume, run_batch
+
     requests = read_requests(args.batch) if args.batch else None
-    pipe = Pipeline.load(args.model, device=args.device, dtype=args.dtype, frames=args.frames)
+    done = resume(args.out) if args.batch else None
+    from ppllava.infer import Pipeline
+
+    options.quiet_loading()
+    pipe = Pipeline.load(args.model, device=args.device, dtype=args.dtype, frames=args.frames, reader=args.reader)
+    options.say_frames(args, pipe)
     if requests is not None:
-        result = run_batch(pipe, requests, args.out, args.max_new_tokens, base=Path(args.batch).parent)
+        result = run_batch(pipe, requests, args.out, args.max_new_tokens, base=Path(args.batch).parent, done=done)
         print(f"answered {result['answered']}, errors {result['errors']}, already in {args.out}: {result['skipped']}",
               file=sys.stderr)
         return 1 if result["errors"] else 0
@@ -94,3 +99,5 @@ def _answer(respond, question: str, args, visual) -> None:
                           "seconds": {**(visual.seconds if visual else {}), **answer.seconds}}))
     else:
         print()
+        if not answer.text:                                   # nothing but whitespace or stop tokens came out
+            print(f"(empty answer: {answer.tokens} generated token(s) decode to no text)", file=sys.stderr)

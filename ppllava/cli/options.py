@@ -36,6 +36,25 @@ def check_geometry(args) -> None:
         raise ValueError(f"--frames must be >= 2 and --size >= 3 for the (2, 3, 3) kernel, got {args.frames} and {args.size}")
 
 
+def add_reader(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reader", default="auto", choices=["auto", "decord", "pyav", "torchcodec"],
+                        help="the library that decodes videos (default auto: the first of decord, pyav, torchcodec "
+                             "installed, and the next for a file it cannot open, with a warning)")
+
+
+def add_frames(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--frames", type=int, default=None,
+                        help="frames sampled from a video (default: those the checkpoint was trained with, else 32)")
+
+
+def say_frames(args, pipe) -> None:
+    """Which frame count a run uses when --frames was not given and the checkpoint chose it (stderr)."""
+    import sys
+
+    if args.frames is None and getattr(pipe.config, "default_frames", None):
+        print(f"{pipe.frames} frames per video, as the checkpoint was trained (--frames to change)", file=sys.stderr)
+
+
 def quiet_loading() -> None:
     """No transformers progress bar while a checkpoint loads: the commands report what matters themselves."""
     from transformers.utils import logging as hf_logging

@@ -43,10 +43,14 @@ stream is concealed by FFmpeg's decoder and goes unnoticed by every reader.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import operator
 import os
 import re
+import sys
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from functools import cache
@@ -59,8 +63,46 @@ from .errors import DataError, UnreadableSample
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
+log = logging.getLogger(__name__)
+
+
 class ReaderUnavailable(DataError, ImportError):
     """A reader whose library is not installed, or installed but does not load: says what to install."""
+
+
+class CannotOpen(UnreadableSample):
+    """A file that passed the checks every reader shares, which this reader's library cannot open (or cannot
+    decode at all: its first read fails): reader "auto" tries the next reader for it."""
+
+
+@contextlib.contextmanager
+def _quiet(noise: list):
+    """Collect what native libraries (decord, FFmpeg inside torchcodec and decord) print to file descriptor 2,
+    so that a bad file gives our one line and not theirs; the lines go to `noise`, cleaned of their
+    "[time] /src/file.cc:83: " and "[mov,mp4 @ 0x...] " prefixes. (Python's own writes to sys.stderr from
+    another thread while this runs land there too; the readers run in the main thread or a worker process.)"""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            for line in sink.read().decode("utf-8", "replace").splitlines():
+                line = re.sub(r"^(\[[\d:]+\] \S+:\d+: |\[[^\]]* @ 0x[0-9a-f]+\] )+", "", line.strip())
+                if line:
+                    noise.append(line)
+            if noise:
+                log.debug("library output: %s", " | ".join(noise))
+
+
+def _with_noise(message: str, noise: list) -> str:
+    """Our message, with what the library printed (its own reason, often clearer than its exception) after it."""
+    said = "; ".join(dict.fromkeys(n for n in noise if n not in message))
+    return f"{message} ({said[:300]})" if said else message
 
 
 def _one_line(error: BaseException) -> str:
@@ -172,6 +214,7 @@ class Clip(ABC):
     path: str
     num_frames: int
     fps: float | None
+    reader: str = "auto"    # the name of the reader whose library decodes it
 
     def read(self, indices: Sequence[int]) -> torch.Tensor:
         """uint8 (len(indices), H, W, 3) RGB frames, in the order of `indices` (which may repeat)."""
@@ -259,6 +302,8 @@ class DecordReader(VideoReader):
 
 
 class DecordClip(Clip):
+    reader = "decord"
+
     # decord 0.6.0 raised (and logged to stderr) on every bad input we tried: cut, corrupted, text,
     # audio-only, zero-frame and image files, folders; none crashed or hung the process. Missing,
     # empty and cut-short files do not reach it anyway (_checked_file), which matters most for
@@ -266,12 +311,14 @@ class DecordClip(Clip):
     def __init__(self, path: str, decord, num_threads: int):
         self.path = path
         self._errors = (decord.DECORDError, RuntimeError)
+        noise = []
         try:
-            self._video = decord.VideoReader(path, num_threads=num_threads)
-            self.num_frames = len(self._video)
-            fps = self._video.get_avg_fps()
+            with _quiet(noise):
+                self._video = decord.VideoReader(path, num_threads=num_threads)
+                self.num_frames = len(self._video)
+                fps = self._video.get_avg_fps()
         except self._errors as error:
-            raise UnreadableSample(path, f"decord cannot open it: {_one_line(error)}") from None
+            raise CannotOpen(path, _with_noise(f"decord cannot open it: {_one_line(error)}", noise)) from None
         if self.num_frames == 0:
             raise UnreadableSample(path, "the video stream has no frames")
         self.fps = float(fps) if fps and fps > 0 else None
@@ -279,11 +326,13 @@ class DecordClip(Clip):
     def _decode(self, indices: list[int]) -> torch.Tensor:
         if self._video is None:
             raise ValueError(f"{self.path}: the clip is closed")
+        noise = []
         try:
-            return torch.from_numpy(self._video.get_batch(indices).asnumpy())
+            with _quiet(noise):
+                return torch.from_numpy(self._video.get_batch(indices).asnumpy())
         except self._errors as error:
-            raise UnreadableSample(self.path, f"decord cannot decode frames {indices[0]}..{indices[-1]}: "
-                                              f"{_one_line(error)}") from None
+            raise UnreadableSample(self.path, _with_noise(f"decord cannot decode frames {indices[0]}..{indices[-1]}: "
+                                                          f"{_one_line(error)}", noise)) from None
 
     def close(self) -> None:
         self._video = None                  # decord has no close: dropping the reader frees it
@@ -306,6 +355,8 @@ class PyAVReader(VideoReader):
 
 
 class PyAVClip(Clip):
+    reader = "pyav"
+
     def __init__(self, path: str, av, threads: bool):
         self.path, self._av, self._threads = path, av, threads
         self._container = self._frames = None
@@ -329,7 +380,7 @@ class PyAVClip(Clip):
         try:
             self._container = self._av.open(self.path)
         except self._av.error.FFmpegError as error:
-            raise UnreadableSample(self.path, f"PyAV cannot open it: {_one_line(error)}") from None
+            raise CannotOpen(self.path, f"PyAV cannot open it: {_one_line(error)}") from None
         if not self._container.streams.video:
             self.close()
             raise UnreadableSample(self.path, "no video stream")
@@ -401,15 +452,19 @@ class TorchCodecReader(VideoReader):
 
 
 class TorchCodecClip(Clip):
+    reader = "torchcodec"
+
     _errors = (RuntimeError, ValueError, IndexError)
 
     def __init__(self, path: str, VideoDecoder, num_threads: int):
         self.path = path
+        noise = []
         try:
-            self._decoder = VideoDecoder(path, seek_mode="exact", dimension_order="NHWC",
-                                         num_ffmpeg_threads=num_threads)
+            with _quiet(noise):
+                self._decoder = VideoDecoder(path, seek_mode="exact", dimension_order="NHWC",
+                                             num_ffmpeg_threads=num_threads)
         except self._errors as error:
-            raise UnreadableSample(path, f"torchcodec cannot open it: {_one_line(error)}") from None
+            raise CannotOpen(path, _with_noise(f"torchcodec cannot open it: {_one_line(error)}", noise)) from None
         metadata = self._decoder.metadata
         self.num_frames = len(self._decoder)
         if self.num_frames == 0:
@@ -419,11 +474,13 @@ class TorchCodecClip(Clip):
     def _decode(self, indices: list[int]) -> torch.Tensor:
         if self._decoder is None:
             raise ValueError(f"{self.path}: the clip is closed")
+        noise = []
         try:
-            return self._decoder.get_frames_at(indices).data
+            with _quiet(noise):
+                return self._decoder.get_frames_at(indices).data
         except self._errors as error:
-            raise UnreadableSample(self.path, f"torchcodec cannot decode frames {indices[0]}..{indices[-1]}: "
-                                              f"{_one_line(error)}") from None
+            raise UnreadableSample(self.path, _with_noise(f"torchcodec cannot decode frames {indices[0]}..{indices[-1]}"
+                                                          f": {_one_line(error)}", noise)) from None
 
     def close(self) -> None:
         self._decoder = None
@@ -449,6 +506,8 @@ class FrameFolderReader:
 
 
 class FrameFolder(Clip):
+    reader = "frames"
+
     def __init__(self, path: str, fps: float | None):
         self.path, self.fps = path, fps
         if not os.path.exists(path):
@@ -501,13 +560,79 @@ def available_readers() -> list[str]:
     return [name for name in VIDEO_READERS if READERS[name].available()]
 
 
+class AutoReader:
+    """Reader "auto": the first of decord, pyav, torchcodec that loads here, and the next one only for a file the
+    first cannot open or cannot decode at all (its first read fails), logged as a warning naming the reader that
+    read it. A file every reader refuses for the same reason (missing, empty, cut short: `_checked_file`) is never
+    handed on, and a reader that has given frames of a file is never replaced for it."""
+
+    name = "auto"
+
+    def __init__(self, names: Sequence[str]):
+        self.names = list(names)
+
+    def open(self, path) -> Clip:
+        path = _checked_file(path)
+        failures = []
+        for position, name in enumerate(self.names):
+            try:
+                clip = READERS[name]().open(path)
+            except CannotOpen as error:
+                failures.append(error.reason)
+                continue
+            if failures:
+                log.warning("%s: %s; read with %s", path, failures[0], name)
+            else:
+                log.debug("%s: read with %s", path, name)
+            return _FallbackClip(clip, self.names[position + 1:], failures) if position + 1 < len(self.names) \
+                else clip
+        raise CannotOpen(path, "; ".join(failures) if len(failures) > 1 else failures[0])
+
+
+class _FallbackClip(Clip):
+    """A clip whose first read, if its reader cannot decode the file at all, is served by the next reader."""
+
+    def __init__(self, clip: Clip, rest: list[str], failures: list[str]):
+        self.path, self.num_frames, self.fps = clip.path, clip.num_frames, clip.fps
+        self._clip, self._rest, self._failures, self._read = clip, rest, failures, False
+
+    @property
+    def reader(self) -> str:
+        return self._clip.reader if self._clip is not None else "auto"
+
+    def _decode(self, indices: list[int]) -> torch.Tensor:
+        if self._read:
+            return self._clip._decode(indices)
+        try:
+            frames = self._clip._decode(indices)
+        except UnreadableSample as error:
+            if not self._rest or self._clip is None:
+                raise
+            first = error.reason
+            self._clip.close()
+            self._clip = AutoReader(self._rest).open(self.path)          # CannotOpen when none of them can either
+            if self._clip.num_frames != self.num_frames:
+                raise UnreadableSample(self.path, f"{first}; the next reader counts {self._clip.num_frames} frames, "
+                                                  f"not {self.num_frames}: give one reader") from None
+            frames = self._clip._decode(indices)
+            log.warning("%s: %s; read with %s", self.path, first, self._clip.reader)
+        self._read = True
+        return frames
+
+    def close(self) -> None:
+        if self._clip is not None:
+            self._clip.close()
+        self._clip = None
+
+
 def get_reader(name: str = "auto"):
-    """A reader instance: "auto" is the first of decord, pyav, torchcodec that loads here."""
+    """A reader instance: "auto" is the first of decord, pyav, torchcodec that loads here, falling back to the
+    next for a file it cannot open (AutoReader)."""
     if name == "auto":
         usable = available_readers()
         if not usable:
             raise ReaderUnavailable("no video reader loads here: pip install decord (x86-64) or pip install av")
-        return READERS[usable[0]]()
+        return AutoReader(usable) if len(usable) > 1 else READERS[usable[0]]()
     if name not in READERS:
         raise DataError(f"unknown reader {name!r} (known: auto, {', '.join(READERS)})")
     cls = READERS[name]

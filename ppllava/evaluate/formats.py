@@ -21,8 +21,11 @@ from __future__ import annotations
 import csv
 import json
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..errors import UserError
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -56,20 +59,65 @@ class Question:
     group: str | None = None        # a second breakdown: Video-MME's duration (short / medium / long)
 
 
-def _records(path: Path) -> list[dict]:
+def _records(path: Path) -> list[tuple[str, dict]]:
+    """(where, record): where is "line N" (.jsonl) or "record N" (a .json list, .parquet), for errors."""
     if path.suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
         except ImportError:
             raise ValueError("reading .parquet needs pyarrow (pip install pyarrow), or convert it to JSONL") from None
-        return pq.read_table(path).to_pylist()
-    text = path.read_text(encoding="utf-8")
+        return [(f"record {i}", r) for i, r in enumerate(pq.read_table(path).to_pylist(), 1)]
+    text = _text(path)
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    data = json.loads(text)
+        out = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    out.append((f"line {number}", json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}: line {number}: not JSON ({e.msg}, column {e.colno})") from None
+        return out
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not JSON ({e.msg}, line {e.lineno}, column {e.colno})") from None
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of questions")
-    return data
+    return [(f"record {i}", r) for i, r in enumerate(data, 1)]
+
+
+def _text(path: Path) -> str:
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; expected the benchmark's annotation file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a UTF-8 text file (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+
+
+@contextmanager
+def _at(path: Path, where: str, benchmark: str):
+    """A record that does not hold what its benchmark needs: one error naming the file, the record and the field."""
+    try:
+        yield
+    except UserError:
+        raise
+    except KeyError as e:
+        raise UserError(f"{path}: {where}: not in the {benchmark} format: no field {e.args[0]!r} (see "
+                        f"ppllava/evaluate/formats.py)") from None
+    except (ValueError, IndexError, TypeError, AttributeError) as e:
+        raise UserError(f"{path}: {where}: not in the {benchmark} format ({type(e).__name__}: {e})") from None
+
+
+def _index(value, count: int, path: Path, where: str, field: str) -> int:
+    """An answer given as an option's number 0..count-1."""
+    try:
+        index = int(value)
+    except (TypeError, ValueError):
+        index = -1
+    if not 0 <= index < count or isinstance(value, bool):
+        raise UserError(f"{path}: {where}: {field!r} is {value!r}; expected an option number 0-{count - 1}")
+    return index
 
 
 def _video(root: Path, name: str) -> str:
@@ -92,37 +140,53 @@ def read_mvbench(path: Path, root: Path) -> list[Question]:
         task = file.stem
         sub = MVBENCH_FOLDERS.get(task)
         folder = root / sub if sub and (root / sub).is_dir() else root
-        for i, r in enumerate(_records(file)):
-            options = tuple(str(c) for c in r["candidates"])
-            answer = options.index(str(r["answer"])) if "answer" in r else None
-            window = (r.get("start"), r.get("end"))
-            out.append(Question(f"{task}/{i}", _video(folder, r["video"]), r["question"], options, answer,
-                                r.get("task_type", task), window, FRAME_FOLDER_FPS.get(task)))
+        for i, (where, r) in enumerate(_records(file)):
+            with _at(file, where, "mvbench"):
+                options = tuple(str(c) for c in r["candidates"])
+                if "answer" in r and str(r["answer"]) not in options:
+                    raise UserError(f"{file}: {where}: 'answer' {r['answer']!r} is none of its 'candidates' "
+                                    f"({', '.join(map(repr, options))})")
+                answer = options.index(str(r["answer"])) if "answer" in r else None
+                window = (r.get("start"), r.get("end"))
+                out.append(Question(f"{task}/{i}", _video(folder, r["video"]), r["question"], options, answer,
+                                    r.get("task_type", task), window, FRAME_FOLDER_FPS.get(task)))
     return out
 
 
 def read_videomme(path: Path, root: Path) -> list[Question]:
     out = []
-    for r in _records(path):
-        options = tuple(_strip_letter(o) for o in r["options"])
-        answer = LETTERS.index(r["answer"].strip()[0]) if r.get("answer") else None
-        video = r.get("videoID") or r["video_id"]
-        out.append(Question(str(r["question_id"]), _video(root, video), r["question"], options, answer,
-                            r.get("task_type", "all"), group=r.get("duration")))
+    for where, r in _records(path):
+        with _at(path, where, "videomme"):
+            options = tuple(_strip_letter(o) for o in r["options"])
+            answer = None
+            if r.get("answer"):
+                letters = LETTERS[:len(options)]
+                letter = str(r["answer"]).strip()[:1].upper()
+                if not letter or letter not in letters:
+                    raise UserError(f"{path}: {where}: 'answer' {r['answer']!r} is not one of its options' letters "
+                                    f"({', '.join(letters)})")
+                answer = letters.index(letter)
+            video = r.get("videoID") or r["video_id"]
+            out.append(Question(str(r["question_id"]), _video(root, video), r["question"], options, answer,
+                                r.get("task_type", "all"), group=r.get("duration")))
     return out
 
 
 def read_nextqa(path: Path, root: Path) -> list[Question]:
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    rows = list(csv.DictReader(_text(path).splitlines()))
     maps = [p / "map_vid_vidorID.json" for p in (path.parent, root)]
     mapping = next((json.loads(m.read_text()) for m in maps if m.is_file()), {})
     out = []
-    for r in rows:
-        options = tuple(r[f"a{k}"] for k in range(5))
-        video = mapping.get(str(r["video"]), r["video"])
-        out.append(Question(f"{r['video']}_{r['qid']}", _video(root, video), r["question"].strip().rstrip("?") + "?",
-                            options, int(r["answer"]), r.get("type", "all")))
+    for number, r in enumerate(rows, 2):                     # line 1 is the header
+        where = f"line {number}"
+        with _at(path, where, "nextqa"):
+            options = tuple(r[f"a{k}"] for k in range(5))
+            if any(o is None for o in options):
+                raise UserError(f"{path}: {where}: fewer columns than the header's")
+            video = mapping.get(str(r["video"]), r["video"])
+            out.append(Question(f"{r['video']}_{r['qid']}", _video(root, video),
+                                r["question"].strip().rstrip("?") + "?", options,
+                                _index(r["answer"], len(options), path, where, "answer"), r.get("type", "all")))
     return out
 
 
@@ -130,11 +194,13 @@ def read_egoschema(path: Path, root: Path) -> list[Question]:
     answers_file = path.with_name("subset_answers.json")
     answers = json.loads(answers_file.read_text()) if answers_file.is_file() else {}
     out = []
-    for r in _records(path):
-        options = tuple(r[f"option {k}"] for k in range(5))
-        answer = r.get("answer", answers.get(r["q_uid"]))
-        out.append(Question(r["q_uid"], _video(root, r["q_uid"]), r["question"], options,
-                            None if answer is None else int(answer), "all"))
+    for where, r in _records(path):
+        with _at(path, where, "egoschema"):
+            options = tuple(r[f"option {k}"] for k in range(5))
+            answer = r.get("answer", answers.get(r["q_uid"]))
+            if answer is not None:
+                answer = _index(answer, len(options), path, where, "answer")
+            out.append(Question(r["q_uid"], _video(root, r["q_uid"]), r["question"], options, answer, "all"))
     return out
 
 
@@ -150,6 +216,8 @@ def load_benchmark(name: str, path: str | Path, video_root: str | Path | None = 
     root = Path(video_root) if video_root else path.parent
     try:
         questions = READERS[name](path, root)
+    except UserError:
+        raise
     except (KeyError, ValueError, IndexError, TypeError) as e:
         raise ValueError(f"{path}: not in the {name} format ({type(e).__name__}: {e})") from None
     if not questions:

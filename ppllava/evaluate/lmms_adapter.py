@@ -26,15 +26,15 @@ from ..infer import Pipeline
 class Adapter:
     """generate_until over lmms-eval requests: args = (context, gen_kwargs, doc_to_visual, doc_id, task, split)."""
 
-    def __init__(self, model: str, device: str = "auto", dtype: str | None = None, frames: int | str = 32,
+    def __init__(self, model: str, device: str = "auto", dtype: str | None = None, frames: int | str | None = None,
                  max_new_tokens: int | str = 128, **_ignored):
         super().__init__()
         if device in (None, "auto") and "LOCAL_RANK" in os.environ:       # one device per process
             device = local_device(current_device_type(), int(os.environ["LOCAL_RANK"]))
         device = resolve_device(device)
         set_current_device(device)
-        self.pipeline = Pipeline.load(model, device=device, dtype=dtype, frames=int(frames))
-        self.frames, self.max_new_tokens = int(frames), int(max_new_tokens)
+        self.pipeline = Pipeline.load(model, device=device, dtype=dtype, frames=None if frames is None else int(frames))
+        self.frames, self.max_new_tokens = self.pipeline.frames, int(max_new_tokens)
         self._rank = int(os.environ.get("RANK", 0))
         self._world_size = int(os.environ.get("WORLD_SIZE", 1))
 

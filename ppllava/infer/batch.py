@@ -1,58 +1,118 @@
 """Batch inference over a JSONL of questions, appending one JSON line per answer (a rerun continues
-with the questions not yet answered, failed ones included)."""
+with the questions not yet answered, failed ones included).
+
+The answers file is only ever appended whole lines; a line cut short by a crash mid-write (the last line, with no
+newline) is dropped on the next run and its question answered again, so it is never glued to the next answer.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 
 from tqdm import tqdm
 
 from ..data import DataError
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def read_requests(path: str | Path) -> list[dict]:
-    """Lines of {"video": path, "question": text} (optional "id"); errors name the line."""
+    """Lines of {"video": path, "question": text} (optional "id", unique); errors name the file and line."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--batch {path} is a folder; expected a JSONL file of questions")
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    requests = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    requests, seen = [], {}
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}:{number}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                            f"expected one JSON object a line") from None
         if not line.strip():
             continue
         try:
             item = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
+            raise UserError(f"{path}:{number}: not JSON ({e.msg}, column {e.colno}); expected one JSON object a line"
+                            ) from None
         if not isinstance(item, dict) or not isinstance(item.get("question"), str) or not item["question"].strip():
-            raise ValueError(f"{path}:{number}: expected an object with a non-empty \"question\"")
+            raise UserError(f"{path}:{number}: expected an object with a non-empty \"question\"")
         if "video" in item and not isinstance(item["video"], str):
-            raise ValueError(f"{path}:{number}: \"video\" must be a path")
-        if not isinstance(item.get("id", number), (str, int)):
-            raise ValueError(f"{path}:{number}: \"id\" must be a string or a number")
-        requests.append({"id": item.get("id", number), **item})
+            raise UserError(f"{path}:{number}: \"video\" must be a path")
+        key = item.get("id", number)
+        if not isinstance(key, (str, int)) or isinstance(key, bool):
+            raise UserError(f"{path}:{number}: \"id\" must be a string or a number")
+        if key in seen:                                    # a rerun would take one answer for both
+            raise UserError(f"{path}: lines {seen[key]} and {number} have the same id {key!r}; give each question "
+                            f"its own \"id\"")
+        seen[key] = number
+        requests.append({**item, "id": key})
     return requests
 
 
+def repair(path: Path) -> None:
+    """Drop a last line cut short by a crash mid-write (no newline at the end, not a whole row)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return
+        start = data.rfind(b"\n") + 1
+        try:
+            whole = isinstance(json.loads(data[start:].decode("utf-8")), dict)
+        except ValueError:
+            whole = False
+        if whole:                                          # written entirely but for its newline
+            f.write(b"\n")
+        else:
+            log.warning("%s: line %d was cut short (%d bytes, a run stopped while writing it); dropped, its question "
+                        "is answered again", path, data.count(b"\n") + 1, len(data) - start)
+            f.truncate(start)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def answered(path: Path) -> set:
-    """ids already answered in an output file (error rows are retried; a torn last line is ignored)."""
+    """ids already answered in an output file (error rows are retried); any line that is not a row is named."""
     done = set()
     if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-                if "error" not in row:
-                    done.add(row["id"])
-            except (ValueError, KeyError, TypeError):
+        for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+            if not raw.strip():
                 continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+                key = row["id"]
+            except (ValueError, KeyError, TypeError):
+                raise UserError(f"{path}:{number}: not an answer row (this file is written by infer --batch); delete "
+                                f"that line to answer its question again, or give another --out") from None
+            if "error" not in row:
+                done.add(key)
     return done
 
 
-def run_batch(pipeline, requests: list[dict], out: str | Path, max_new_tokens: int, base: Path | None = None) -> dict:
-    """Answer every request not yet in `out`; a failing video is recorded as an error and the batch goes on."""
+def resume(out: str | Path) -> set:
+    """Repair a torn last line of `out` and return the ids answered there (before any model is loaded)."""
     out = Path(out)
+    if out.is_dir():
+        raise IsADirectoryError(21, "Is a directory", str(out))
+    repair(out)
+    return answered(out)
+
+
+def run_batch(pipeline, requests: list[dict], out: str | Path, max_new_tokens: int, base: Path | None = None,
+              done: set | None = None) -> dict:
+    """Answer every request not yet in `out` (`done`: what `resume(out)` returned); a failing video or question
+    is recorded as an error and the batch goes on."""
+    out = Path(out)
+    done = resume(out) if done is None else done
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = answered(out)
     todo = [r for r in requests if r["id"] not in done]
     errors = 0
     with out.open("a", encoding="utf-8") as f:
@@ -69,6 +129,6 @@ def run_batch(pipeline, requests: list[dict], out: str | Path, max_new_tokens: i
             except (DataError, FileNotFoundError, ValueError, RuntimeError) as e:
                 errors += 1
                 row["error"] = str(e)
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(row) + "\n")               # ASCII escapes: a lone surrogate is written as \udXXX
             f.flush()
     return {"answered": len(todo) - errors, "errors": errors, "skipped": len(requests) - len(todo)}

@@ -52,6 +52,7 @@ class Answer:
     seconds: dict                       # prefill (to the first token) and generate (all tokens)
 
 
+DEFAULT_FRAMES = 32  # frames per video of a checkpoint that does not say what it was trained with
 TEXT_ROOM = 64  # positions a question and its template need at the least beside the visual tokens
 
 
@@ -90,17 +91,22 @@ class Pipeline:
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = None,
-             frames: int = 32, reader: str = "auto") -> "Pipeline":
+             frames: int | None = None, reader: str = "auto") -> "Pipeline":
         """A PPLLaVA checkpoint folder (convert, or export of a training run) on `device` in `dtype`
-        (default: the checkpoint's own)."""
-        if frames < 1:
+        (default: the checkpoint's own); `frames` per video default to those it was trained with, else 32."""
+        if frames is not None and frames < 1:
             raise ValueError(f"--frames must be >= 1, got {frames}")
         device = resolve_device(device)
+        get_reader(reader)                                       # an unknown reader or a missing library: now
         config = read_config(directory)                          # one clear error for a folder that is not ours
+        frames = frames or getattr(config, "default_frames", None) or DEFAULT_FRAMES
         if frames < config.video_kernel[0]:
             raise ValueError(f"--frames {frames} is fewer than the video kernel's {config.video_kernel[0]} frames")
         check_frame_budget(config, frames)                       # before any weight is read or frame decoded
         tokenizer, prompt_tokenizer = load_tokenizers(directory) # before the weights: fail fast
+        # a prompt beyond the prompt tower's positions is truncated with our own warning (model/context.py): not
+        # transformers' too
+        prompt_tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
         dtype = dtype_from_name(dtype) if isinstance(dtype, str) else dtype
         model = load_model(directory, dtype=dtype).to(device)
         return cls(model, tokenizer, prompt_tokenizer, device, frames, reader)

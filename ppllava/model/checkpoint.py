@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -10,7 +9,7 @@ from huggingface_hub import save_torch_state_dict
 from safetensors import SafetensorError, safe_open
 from transformers import AutoTokenizer
 
-from ..errors import UserError
+from ..errors import UserError, read_json
 from .config import PPLLaVAConfig
 from .modeling import PPLLaVAForConditionalGeneration
 
@@ -40,7 +39,8 @@ def check_shapes(config: PPLLaVAConfig, shapes: dict[str, tuple[int, ...]], what
 
 def _checkpoint_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
     index = directory / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    files = sorted(set(read_json(index, f"checkpoint {directory}: ")["weight_map"].values())) if index.is_file() \
+        else ["model.safetensors"]
     shapes = {}
     for name in files:
         if not (directory / name).is_file():
@@ -58,16 +58,20 @@ def read_config(directory: str | Path) -> PPLLaVAConfig:
     path = Path(directory) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {directory}: no config.json")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    model_type = data.get("model_type")
-    if model_type != PPLLaVAConfig.model_type and data.get("pooling") == "ppllava":
+    saved = read_json(path, f"checkpoint {directory}: ")
+    model_type = saved.get("model_type") if isinstance(saved, dict) else None
+    if model_type != PPLLaVAConfig.model_type and isinstance(saved, dict) and saved.get("pooling") == "ppllava":
         raise ValueError(f"checkpoint {directory} is one of the authors' PPLLaVA releases ({model_type}): convert it "
                          f"first: ppllava convert --base {directory} --text-tower <a local copy of "
-                         f"{data.get('clip_weight') or 'the CLIP/SigLIP it names'}> --out <new folder>")
+                         f"{saved.get('clip_weight') or 'the CLIP/SigLIP it names'}> --out <new folder>")
     if model_type != PPLLaVAConfig.model_type:
         raise ValueError(f"checkpoint {directory} is a {model_type!r} model, not ppllava "
                          f"(convert a base model first: ppllava convert --base ... --text-tower ... --out ...)")
-    return PPLLaVAConfig.from_pretrained(directory)
+    try:
+        return PPLLaVAConfig.from_pretrained(directory)
+    except (TypeError, KeyError, AttributeError) as e:     # a field of the wrong kind (ValueErrors pass as they are)
+        raise UserError(f"checkpoint {directory}: {path.name} does not hold a PPLLaVA config ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]}); copy it again") from e
 
 
 def load_model(directory: str | Path, dtype: torch.dtype | None = None, config: PPLLaVAConfig | None = None,
@@ -89,7 +93,11 @@ def load_tokenizers(directory: str | Path):
         if not (path / "tokenizer_config.json").is_file():
             raise FileNotFoundError(f"checkpoint {directory}: no {what} in {path} (copy one there, e.g. from the "
                                     f"base model or the text tower)")
-        found.append(AutoTokenizer.from_pretrained(path))
+        try:
+            found.append(AutoTokenizer.from_pretrained(path))
+        except Exception as e:                  # tokenizers' own parse errors are plain Exceptions
+            raise UserError(f"checkpoint {directory}: the {what} in {path} cannot be loaded ({type(e).__name__}: "
+                            f"{' '.join(str(e).split())[:200]}); its files may be cut short: copy them again") from e
     return tuple(found)
 
 

@@ -98,6 +98,7 @@ class PPLLaVAConfig(PreTrainedConfig):
     # prompt positions below this keep their values in training (the pretrained rows, as Long-CLIP and the
     # authors' code keep them: model/context.py FrozenRowsEmbedding); 0: the whole table trains
     prompt_frozen_positions: int = 0
+    default_frames: int | None = None            # frames per video it was trained with (ppllava train writes it)
     # parameter groups that train (the vision tower and its patch projection are frozen by default)
     train_vision_tower: bool = False
     train_prompt_tower: bool = True

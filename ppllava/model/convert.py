@@ -29,6 +29,7 @@ from transformers import (AutoTokenizer, InternVLForConditionalGeneration, Llava
 
 from ..data import ChatEncoder
 from ..data.preprocess import PRESETS
+from ..errors import UserError, read_json
 from ..processing import write_processor_config
 from .chat_format import base_chat_template, base_image_processing, check_processor_tokens, visual_wrap_tokens
 from .checkpoint import PROMPT_TOKENIZER_DIR, check_shapes, save_weights
@@ -88,7 +89,10 @@ def read_config(directory: str | Path, role: str) -> dict:
     path = Path(directory) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{role} {directory}: no config.json (expected a local Hugging Face model folder)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    config = read_json(path, f"{role} {directory}: ")
+    if not isinstance(config, dict):
+        raise UserError(f"{role} {directory}: {path} holds no JSON object; expected a model's config")
+    return config
 
 
 def base_architecture(config: dict) -> BaseArchitecture:

@@ -9,7 +9,9 @@
 
 Every process writes its part into the .partial- folder; after a barrier the main process renames it.
 A crash at any moment leaves either a complete step- folder or a .partial- one, which is never
-resumed (and is removed by the next run); folders are deleted the same way, renamed first. Resuming
+resumed (and is removed by the next run); folders are deleted the same way, renamed first. A step-
+folder damaged afterwards (a file cut short by a full disk or a copy, trainer_state.json broken) is
+named with what is wrong: resume=auto then takes the newest sound one, with a warning. Resuming
 an older checkpoint moves the newer ones aside (.abandoned-step-...). Multi-node runs need output_dir
 on a shared file system.
 """
@@ -22,10 +24,12 @@ import os
 import random
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from backends.device import accelerator_rng_state, set_accelerator_rng_state
 
@@ -51,11 +55,53 @@ def _restore_rng(state: dict, device: torch.device) -> None:
     set_accelerator_rng_state(device, state["device"])
 
 
+STATE_KEYS = ("step", "position", "world_size")
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint folder with a file cut short or not what it should be: the message names both."""
+
+
 def read_state(directory: str | Path) -> dict:
     path = Path(directory) / STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a complete training checkpoint (no {STATE_FILE})")
-    return json.loads(path.read_text())
+    try:
+        state = json.loads(path.read_bytes().decode("utf-8"))
+    except ValueError as e:                     # JSONDecodeError and UnicodeDecodeError
+        raise DamagedCheckpoint(f"checkpoint {directory} is damaged: {STATE_FILE} is not valid JSON "
+                                f"({' '.join(str(e).split())[:120]})") from None
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise DamagedCheckpoint(f"checkpoint {directory} is damaged: {STATE_FILE} lacks {', '.join(missing)}")
+    return state
+
+
+def damage(directory: str | Path) -> str | None:
+    """What is wrong with a checkpoint folder, or None: trainer_state.json must be whole, every torch file (DeepSpeed's
+    model and optimizer states, the RNG states) must end in its zip directory, which a file cut short anywhere
+    lacks, and every JSON and YAML file must parse. Reads no tensor data."""
+    directory = Path(directory)
+    try:
+        read_state(directory)
+    except (DamagedCheckpoint, FileNotFoundError) as e:
+        return str(e)
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        name = path.relative_to(directory)
+        try:
+            if path.suffix == ".pt":
+                with zipfile.ZipFile(path) as archive:
+                    archive.infolist()
+            elif path.suffix == ".json":
+                json.loads(path.read_bytes().decode("utf-8"))
+            elif path.suffix == ".yaml":
+                yaml.safe_load(path.read_bytes().decode("utf-8"))
+        except (zipfile.BadZipFile, ValueError, OSError, yaml.YAMLError) as e:
+            return f"checkpoint {directory} is damaged: {name} is cut short or not what it should be " \
+                   f"({' '.join(str(e).split())[:120] or type(e).__name__})"
+    if not any(directory.glob("*model_states.pt")):
+        return f"checkpoint {directory} is damaged: it holds no model states (*model_states.pt)"
+    return None
 
 
 def complete_checkpoints(root: str | Path) -> list[Path]:
@@ -73,12 +119,29 @@ def find_checkpoint(path: str | Path) -> Path:
     if path.name.startswith("."):
         raise ValueError(f"{path} is an incomplete checkpoint (a run stopped while writing or replacing it)")
     if (path / STATE_FILE).is_file():
+        problem = damage(path)
+        if problem:
+            raise DamagedCheckpoint(f"{problem}; give another checkpoint")
         return path
     for root in (path / "checkpoints", path):
         found = complete_checkpoints(root)
         if found:
-            return found[-1]
+            return newest_sound(found)
     raise FileNotFoundError(f"no complete training checkpoint in {path}")
+
+
+def newest_sound(found: list[Path]) -> Path:
+    """The newest of `found` (oldest first) that is not damaged; each damaged newer one is a warning."""
+    problems = []
+    for folder in reversed(found):
+        problem = damage(folder)
+        if problem is None:
+            for broken in problems:
+                log.warning("%s: using the previous complete checkpoint, %s", broken, folder.name)
+            return folder
+        problems.append(problem)
+    raise DamagedCheckpoint(f"every checkpoint in {found[0].parent} is damaged ({problems[0]}); "
+                            f"start a new run (a new output_dir) or restore one from a copy")
 
 
 def _discard(folder: Path, why: str) -> None:
@@ -102,10 +165,10 @@ class Checkpoints:
 
     def set_aside_newer(self, folder: Path) -> None:
         """Resuming an older checkpoint: move the newer ones of this run out of the way (not deleted)."""
-        step = read_state(folder)["step"]
+        step = int(PATTERN.match(folder.name).group(1)) if PATTERN.match(folder.name) else read_state(folder)["step"]
         if self.group.is_main:
             for newer in complete_checkpoints(self.root):
-                if read_state(newer)["step"] > step:
+                if int(PATTERN.match(newer.name).group(1)) > step:    # its name: a damaged one has no sound state
                     aside = newer.with_name(f".abandoned-{newer.name}")
                     log.warning("resuming %s: moving the newer %s to %s", folder.name, newer.name, aside.name)
                     shutil.rmtree(aside, ignore_errors=True)
@@ -173,7 +236,7 @@ def choose_checkpoint(checkpoints: Checkpoints, resume: str, check) -> Path | No
                          f"choose a new output_dir, or resume=auto")
     choice = ""
     if resume != "none" and group.is_main:
-        found = find_checkpoint(resume) if resume != "auto" else (existing or [None])[-1]
+        found = find_checkpoint(resume) if resume != "auto" else newest_sound(existing) if existing else None
         choice = str(found or "")
     folder = group.from_main(choice)
     if not folder:

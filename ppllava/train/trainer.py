@@ -47,7 +47,10 @@ RECIPE_FILE = "train_config.yaml"
 
 def check_same_recipe(cfg, folder: Path, fields: tuple[str, ...] = SAME_ON_RESUME) -> None:
     """Raise if the recipe saved in checkpoint `folder` differs from `cfg` (a TrainConfig or AlignConfig) in `fields`."""
-    saved = read_yaml(folder / RECIPE_FILE) if (folder / RECIPE_FILE).is_file() else {}
+    if not (folder / RECIPE_FILE).is_file():
+        raise ValueError(f"checkpoint {folder} holds no {RECIPE_FILE}: not a complete checkpoint of ppllava train or "
+                         f"align; give another (resume=DIR) or a new output_dir")
+    saved = read_yaml(folder / RECIPE_FILE)
     now = cfg.to_dict()
     changed = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in fields if saved.get(k) != now[k]]
     if changed:
@@ -77,6 +80,12 @@ def build_data(cfg: TrainConfig, model_config, tokenizer, prompt_tokenizer):
     return data, dataset, Collator.for_model(model_config, tokenizer, prompt_tokenizer)
 
 
+def trained_frames(data) -> int | None:
+    """The frames per video of a data config whose video datasets all sample the same number (else None)."""
+    counts = {d.frames for d in data.datasets}
+    return counts.pop() if len(counts) == 1 else None
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
@@ -87,6 +96,8 @@ class Trainer:
         self.group = distributed.start()
         torch.manual_seed(cfg.seed + self.group.rank)              # dropout differs per process, reproducibly
         self.out = Path(cfg.output_dir)
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"output_dir {self.out} is a file: give a folder for the run's checkpoints and metrics")
         self.checkpoints = Checkpoints(self.out / "checkpoints", self.group, cfg.keep_last)
         self.resume_from = self._choose_checkpoint()
 
@@ -106,6 +117,7 @@ class Trainer:
             raise ValueError(f"{len(dataset)} samples give {self.stream.per_epoch} micro-batches per process per epoch: "
                              f"too few for one step of global batch {cfg.global_batch_size} on {world} processes")
 
+        config.default_frames = trained_frames(self.data) or config.default_frames   # infer's default for --frames
         model = load_model(cfg.model, config=config)
         self.trains = model.apply_trainable()
         if cfg.gradient_checkpointing:
