@@ -10,7 +10,7 @@ from . import options
 
 
 def add_parser(sub) -> None:
-    from ppllava.testbed.demo import CHECKPOINT
+    from ppllava.testbed import CHECKPOINT      # the path only: the demo's imports load when it runs
 
     p = sub.add_parser(
         "demo", help="a test bed checkpoint answers questions about fresh synthetic clips",

@@ -151,6 +151,7 @@ def authors_config(theirs: dict, tower, tensors: dict[str, torch.Tensor]) -> PPL
         raise ValueError(f"config.json: btadapter {theirs.get('btadapter')} but the checkpoint holds "
                          f"{len(adapter)} BT-Adapter layers")
     scale = tensors["multi_modal_projector.logit_scale"].float()
+    max_frames = tensors["vision_tower.vision_model.btadapter_time_embed.weight"].shape[0] if adapter else 64
     video_kernel = triple(theirs.get("pooling_kernel"), "pooling_kernel")
     image_kernel = triple(theirs.get("image_pooling_kernel"), "image_pooling_kernel") or video_kernel
     fields = dict(
@@ -168,14 +169,14 @@ def authors_config(theirs: dict, tower, tensors: dict[str, torch.Tensor]) -> PPL
         relevance_scale=float(math.exp(float(scale))),
         project_before_pooling=True,                # their projectors run the MLP on every patch, then pool
         btadapter_depth=len(adapter),
-        btadapter_max_frames=(tensors["vision_tower.vision_model.btadapter_time_embed.weight"].shape[0] if adapter
-                              else 64),
+        btadapter_max_frames=max_frames,
         siglip_patch_head="value" if family.name == "siglip" else "attention",
         image_newline="image_newline" in tensors,
         image_grid_pinpoints=theirs.get("image_grid_pinpoints"),
         frame_resize="squash",                      # their video processor resizes frames to a square
         prompt_context_extension=[KEEP, STRETCH],
         prompt_frozen_positions=KEEP,               # their frozen table holds the rows below 20
+        default_frames=min(32, max_frames) if adapter else 32,    # their recipes train on 32 frames
     )
     if theirs.get("valuew_plus"):
         raise ValueError("config.json: valuew_plus true (relevance reweighted by the head's attention) is not supported")

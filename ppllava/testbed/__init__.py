@@ -3,6 +3,10 @@
 The names of `synthetic` are loaded on first use, so `python -m ppllava.testbed.synthetic` runs cleanly."""
 
 import importlib
+from pathlib import Path
+
+# where `python -m ppllava.testbed.build` writes the checkpoint that ships (and `ppllava demo` reads)
+CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "testbed"
 
 __all__ = ["ANSWERS", "COLOURS", "DIRECTIONS", "KINDS", "PALETTE", "PHRASES", "SHAPES", "caption", "clip_rng",
            "corpus", "frame_caption_pairs", "load_scenes", "make_scene", "phrase", "questions", "render",

@@ -20,7 +20,6 @@ from ppllava.infer.explain import save_png
 from . import synthetic
 from .score import answer_in_modes, summarize
 
-CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "testbed"   # where the build's output is to ship
 SPLIT = "demo"                           # its own stream of clips: never the train / val / test ones
 
 
