@@ -1,40 +1,26 @@
 """Record golden results on one machine, check another machine (or implementation) against them.
 
-A golden file (torch.save) holds, per dtype, every case's output and input grads as float32 CPU
-tensors, plus what produced them: device, device name, torch version, op implementations and
-numerics switches. Inputs are never stored: both sides regenerate them from the case seeds.
+A golden file (safetensors with a JSON header, see goldfile.py) holds, per dtype, every case's output
+and input grads as float32 CPU tensors, plus what produced them: device, device name, torch and
+transformers versions, op implementations and numerics switches. Inputs are never stored: both sides
+regenerate them from the case seeds.
 """
 
 from __future__ import annotations
 
-import datetime
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-import backends
-from backends.device import device_facts, dtype_from_name, dtype_name
+from backends.device import dtype_from_name, dtype_name
 
+from . import goldfile
 from .cases import CASES, Case, run_case
 from .compare import Comparison, compare
 
-FORMAT = 1
+FORMAT = goldfile.FORMAT
 DEFAULT_DTYPES = ("float32", "bfloat16", "float16")
-
-
-def _provenance(device: torch.device) -> dict:
-    facts = device_facts(device)
-    return {
-        "device": str(device),
-        "device_name": facts.name,
-        "torch": str(torch.__version__),
-        "impls": {r.op: r.impl for r in backends.describe(device.type)},
-        "numerics": {k: str(v) for k, v in facts.numerics.items()},
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 def select_cases(names: list[str] | None = None) -> list[Case]:
@@ -47,40 +33,36 @@ def select_cases(names: list[str] | None = None) -> list[Case]:
     return [known[n] for n in names]
 
 
+def pack_results(results: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """{dtype: {case: {tensor: t}}} -> (a header index, flat safetensors tensors)."""
+    index, tensors = [], {}
+    for dtype, cases in results.items():
+        for case, named in cases.items():
+            for tensor, value in named.items():
+                key = f"{dtype}|{case}|{tensor}"
+                index.append([dtype, case, tensor, key])
+                tensors[key] = value
+    return {"index": index}, tensors
+
+
 def record(out: str | Path, device: torch.device, dtypes=DEFAULT_DTYPES, cases: list[Case] | None = None) -> dict:
     cases = cases or list(CASES)
     results = {}
     for name in dtypes:
         dtype = dtype_from_name(name)
         results[dtype_name(dtype)] = {case.name: run_case(case, device, dtype) for case in cases}
-    golden = {"format": FORMAT, "meta": _provenance(device), "results": results}
-    _atomic_save(golden, Path(out))
-    return golden
-
-
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    meta = goldfile.provenance(device, list(results))
+    header, tensors = pack_results(results)
+    size = goldfile.write(out, {"kind": "ops", "meta": meta, **header}, tensors)
+    return {"format": FORMAT, "meta": meta, "results": results, "bytes": size}
 
 
 def load_golden(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"golden file {path} does not exist (make one with `ppllava parity record --out {path}`)")
-    try:
-        golden = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"golden file {path} is not a parity golden file: {e.__class__.__name__}") from None
-    if not isinstance(golden, dict) or golden.get("format") != FORMAT:
-        raise ValueError(f"golden file {path} is not a parity golden file of format {FORMAT}")
-    return golden
+    header, tensors = goldfile.read(path, kind="ops")
+    results: dict = {}
+    for dtype, case, tensor, key in header["index"]:
+        results.setdefault(dtype, {}).setdefault(case, {})[tensor] = tensors[key]
+    return {"format": FORMAT, "meta": header["meta"], "results": results}
 
 
 @dataclass(frozen=True)
