@@ -85,7 +85,7 @@ def _reader_label(reader) -> str:
 def decode(path: str | Path, frames: int, reader: str = "auto") -> tuple[torch.Tensor, list[int], bool, str]:
     """(uint8 (T, H, W, 3) frames, their indices, is_video, the decoder's name) as Pipeline.read decodes them."""
     from ..data import get_reader, read_image
-    from ..data.readers import FrameFolderReader
+    from ..data.readers import READERS, FrameFolderReader
     from ..data.sampling import read_clip
     from ..infer.pipeline import IMAGE_SUFFIXES
 
@@ -97,7 +97,9 @@ def decode(path: str | Path, frames: int, reader: str = "auto") -> tuple[torch.T
     chosen = FrameFolderReader() if Path(path).is_dir() else get_reader(reader)
     with chosen.open(path) as clip:
         pixels, indices = read_clip(clip, frames, train=False)
-    return pixels, indices, True, _reader_label(chosen)
+        used = getattr(clip, "reader", None)                 # "auto" hands a file on: name the one that read it
+    auto = getattr(chosen, "name", None) == "auto" and used in READERS
+    return pixels, indices, True, _reader_label(READERS[used]() if auto else chosen)
 
 
 def _messages(prompt: str, is_video: bool) -> list[dict]:
