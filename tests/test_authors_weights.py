@@ -4,6 +4,7 @@
 multi-image sample, for both families (Vicuna + CLIP with BT-Adapter, Qwen + SigLIP with their value head)."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -188,3 +189,42 @@ def test_infer_and_explain_on_the_converted_folder_follow_their_forward(bed, fam
                               question["prompt_attention_mask"][0] if family == "vicuna" else None)
     expected = relevance["relevance"].reshape(4, -1).sum(dim=1)
     torch.testing.assert_close(torch.tensor(summary["shares"], dtype=torch.float64), expected, rtol=0, atol=1e-5)
+
+
+def test_parity_records_and_checks_a_converted_authors_folder(bed, tmp_path):
+    """`ppllava parity` on their converted Vicuna (BT-Adapter, projector before pooling, image_newline): a
+    native golden passes the cpu and npu op implementations; a BT-Adapter layer perturbed by 1e-2 is the first
+    module named, and what follows only inherits its error."""
+    from safetensors.torch import load_file, save_file
+
+    from ppllava.parity.model import check_model, record_model
+    from videos import write_video
+
+    video, golden = write_video(tmp_path / "clip.mp4", 8, size=(64, 80)), tmp_path / "golden.safetensors"
+    converted = bed["vicuna"]["converted"]
+    backends.configure_ops("native")
+    try:
+        record_model(converted, video, QUESTION, golden, torch.device("cpu"), ["float32"], frames=4)
+    finally:
+        backends.configure_ops(None)
+    for impl in ("cpu", "npu"):
+        backends.configure_ops(impl)
+        try:
+            report = check_model(converted, golden, torch.device("cpu"))
+        finally:
+            backends.configure_ops(None)
+        assert report.passed, [(s.name, s.chained.failures) for s in report.steps if not s.chained.ok]
+        assert any(s.name.startswith("btadapter") for s in report.steps)
+    perturbed = tmp_path / "perturbed"
+    perturbed.mkdir()
+    shutil.copytree(converted, perturbed, dirs_exist_ok=True)
+    state = load_file(perturbed / "model.safetensors")
+    name = "btadapter.spatial.1.mlp.fc2.weight"
+    noise = torch.randn(state[name].shape, generator=torch.Generator().manual_seed(0))
+    state[name] = state[name] + (1e-2 * noise).to(state[name].dtype)
+    save_file(state, perturbed / "model.safetensors", metadata={"format": "pt"})
+    report = check_model(perturbed, golden, torch.device("cpu"))
+    assert not report.passed and report.first["float32"].startswith("btadapter")
+    after = [s for s in report.steps if s.dtype == "float32"]
+    first = next(i for i, s in enumerate(after) if s.name == report.first["float32"])
+    assert all(s.status in ("ok", "inherited") for s in after[first + 1:] if s.kind != "input")
