@@ -76,6 +76,7 @@ def test_converted_model_generates_what_a_greedy_loop_over_its_forward_picks(con
     # the converted LLM ties its head to the embeddings, so a random one repeats its last token forever; an untied
     # random head (a copy of the model) makes every step's choice depend on the tokens before it
     model = copy.deepcopy(converted_ov)
+    model.config.project_before_pooling = False      # with these random weights its greedy tokens vary (see the end)
     head = model.language_model.lm_head
     head.weight = torch.nn.Parameter(torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(0)) / 2)
     # row 0 (a 2-frame video: 81 tokens) is left-padded to row 1's two images (162 tokens)

@@ -14,7 +14,7 @@ from . import options
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks (ops, planted, data, e2e)", description="Benchmarks. Figures in BENCHMARKS.md come from these.")
+    p = sub.add_parser("bench", help="benchmarks (ops, planted, data, e2e, flops)", description="Benchmarks. Figures in BENCHMARKS.md come from these.")
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
     ops = kinds.add_parser(
         "ops", help="forward and forward+backward time of both ops at the paper's shape",
@@ -63,6 +63,18 @@ def add_parser(sub) -> None:
     data.add_argument("--passes", type=int, default=2, help="timed passes over the clips after a warm-up pass (default 2)")
     data.add_argument("--json", action="store_true", help="print one JSON object with the figures")
     data.set_defaults(run=run_data)
+
+    flops = kinds.add_parser(
+        "flops", help="FLOPs of one video through a full-size architecture, projector before or after the pooling",
+        description="Count (torch.utils.flop_counter, on the meta device: no weights, no memory, the same on every "
+                    "machine) the FLOPs of one video through an architecture of configs/model/: the vision tower, "
+                    "the path from its features to the visual tokens (relevance map, pooling and the MLP projector, "
+                    "run before or after the pooling), and the LLM's prefill of those tokens and --text-tokens more.")
+    flops.add_argument("--architecture", default="llava-next-7b", help="configs/model/ name (default llava-next-7b)")
+    flops.add_argument("--frames", type=int, default=32, help="frames of the video (default 32)")
+    flops.add_argument("--text-tokens", type=int, default=80, help="prompt tokens beside the visual ones (default 80)")
+    flops.add_argument("--json", action="store_true", help="print the rows as JSON")
+    flops.set_defaults(run=run_flops)
 
     from ppllava.bench.e2e import DEFAULT_MODEL_SIZE, MODEL_SIZES
 
@@ -171,6 +183,18 @@ def run_e2e(args) -> int:
                        repeats=args.repeats, resolution=resolution, text_tokens=args.text_tokens, seed=args.seed,
                        progress=progress)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def run_flops(args) -> int:
+    from ppllava.bench.flops import count_flops, format_flops
+
+    from ppllava.errors import UserError
+
+    if args.frames < 1 or args.text_tokens < 0:
+        raise UserError(f"--frames must be >= 1 and --text-tokens >= 0, got {args.frames} and {args.text_tokens}")
+    rows = count_flops(args.architecture, args.frames, args.text_tokens)
+    print(json.dumps(rows) if args.json else format_flops(args.architecture, args.frames, rows))
     return 0
 
 
