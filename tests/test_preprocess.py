@@ -89,3 +89,21 @@ def test_bicubic_weights_rows_sum_to_one_and_identity_at_scale_one():
     w = bicubic_weights(50, 20)
     assert torch.allclose(w.sum(1), torch.ones(20, dtype=torch.float64))
     assert torch.equal(bicubic_weights(7, 7), torch.eye(7, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("size", [(300, 500), (700, 240), (336, 336)])
+def test_anyres_crops_are_llava_next_image_processors(size):
+    """Preprocessor.anyres against transformers' LlavaNextImageProcessorPil (Pillow) on a noise image: the same
+    crops in the same order; values within Pillow's rounding (at most 2 grey levels, on under 1% of them)."""
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    pinpoints = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]      # LLaVA-NeXT's
+    reference = LlavaNextImageProcessorPil(image_grid_pinpoints=pinpoints, size={"shortest_edge": 336},
+                                           crop_size={"height": 336, "width": 336}, image_mean=list(OPENAI_CLIP_MEAN),
+                                           image_std=list(OPENAI_CLIP_STD), do_pad=False)
+    image = torch.randint(0, 256, (1, *size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(size[0]))
+    expected = reference(images=[image[0].numpy()], return_tensors="pt")["pixel_values"][0]
+    ours = Preprocessor(336, True, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD).anyres(image, pinpoints)
+    assert ours.shape == expected.shape
+    grey = ((ours - expected) * torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1) * 255).abs()
+    assert float(grey.max()) <= 2.01 and float((grey > 0.01).float().mean()) < 0.01

@@ -18,6 +18,7 @@ on the input's device: move the uint8 frames to the accelerator first to preproc
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -154,3 +155,30 @@ class Preprocessor:
         mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1) * 255
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1) * 255
         return ((x - mean) / std).contiguous()
+
+    def anyres(self, image: torch.Tensor, pinpoints: list[list[int]]) -> torch.Tensor:
+        """One uint8 (1, H, W, 3) image -> (1 + rows*cols, 3, S, S) as LLaVA-NeXT's image processor cuts it: the
+        whole image squashed to S x S, then the crops of the grid resolution that fits it best (model/anyres.py),
+        the image resized into it keeping its aspect (the short side rounded up), centred on black padding."""
+        from ..model.anyres import best_resolution
+
+        if image.dtype != torch.uint8 or image.ndim != 4 or image.shape[0] != 1 or image.shape[-1] != 3:
+            raise ValueError(f"an image must be uint8 (1, H, W, 3) RGB, got {image.dtype} {tuple(image.shape)}")
+        height, width = image.shape[1:3]
+        target_h, target_w = best_resolution((height, width), pinpoints)
+        scale_w, scale_h = target_w / width, target_h / height
+        if scale_w < scale_h:
+            new_h, new_w = min(math.ceil(height * scale_w), target_h), target_w
+        else:
+            new_h, new_w = target_h, min(math.ceil(width * scale_h), target_w)
+        x = image.permute(0, 3, 1, 2).contiguous()
+        canvas = torch.zeros(1, 3, target_h, target_w, device=image.device)
+        top, left = (target_h - new_h) // 2, (target_w - new_w) // 2
+        canvas[..., top:top + new_h, left:left + new_w] = pillow_resize(x, new_h, new_w).float()
+        s = self.size
+        crops = [canvas[..., i:i + s, j:j + s] for i in range(0, target_h, s) for j in range(0, target_w, s)]
+        x = torch.cat([pillow_resize(x, s, s).float(), *crops])
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1) * 255
+        return ((x - mean) / std).contiguous()
+
