@@ -168,3 +168,12 @@ def test_zero3_two_processes_train_the_bt_adapter_and_the_export_computes_as_the
         fresh = load_model(bed["model"]).eval()(**batch).logits.float()
     torch.testing.assert_close(logits, saved["logits"], rtol=0, atol=1e-5)
     assert (fresh - logits).abs().max() > 0.1                                     # and training changed them
+
+
+def test_videos_longer_than_the_time_embedding_are_refused_before_training(bed, tmp_path):
+    out = tmp_path / "run"
+    proc = run(ONE_PROCESS + ["train", "--config", str(RECIPE), f"model={bed['model']}", f"data={bed['data']}",
+                              f"output_dir={out}", "frames=16"], tmp_path / "log", expect=2)
+    lines = proc.stderr().strip().splitlines()
+    assert len(lines) == 1 and "16 frames" in lines[0] and "btadapter_max_frames" in lines[0], lines
+    assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())

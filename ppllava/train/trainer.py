@@ -117,6 +117,11 @@ class Trainer:
             raise ValueError(f"{len(dataset)} samples give {self.stream.per_epoch} micro-batches per process per epoch: "
                              f"too few for one step of global batch {cfg.global_batch_size} on {world} processes")
 
+        with_video = {s.dataset for s in dataset.samples if any(m.kind == "video" for m in s.media)}
+        longest = max((d.frames for i, d in enumerate(self.data.datasets) if i in with_video), default=0)
+        if config.btadapter_depth and longest > config.btadapter_max_frames:
+            raise ValueError(f"frames: videos of {longest} frames, more than the BT-Adapter's time embedding holds "
+                             f"({config.btadapter_max_frames}, btadapter_max_frames): train on at most that many")
         config.default_frames = trained_frames(self.data) or config.default_frames   # infer's default for --frames
         model = load_model(cfg.model, config=config)
         self.trains = model.apply_trainable()
