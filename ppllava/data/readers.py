@@ -365,7 +365,10 @@ class PyAVClip(Clip):
         stream = self._container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate
         self.fps = float(rate) if rate else None
-        entries = stream.index_entries      # the container's index (mp4: every frame, from the moov)
+        # the container's index (mp4: every frame, from the moov); PyAV shows it from 17.0 only. Without it
+        # (PyAV 12-16) a file cut short is still refused at open by _checked_file when its container has length
+        # fields, and otherwise at the read of a frame past the cut: the frames read are the same
+        entries = getattr(stream, "index_entries", None) or ()
         if len(entries) and entries[-1].pos + entries[-1].size > os.path.getsize(path):
             self.close()
             raise UnreadableSample(path, "truncated: the data of its last frame lies past the end of the file")

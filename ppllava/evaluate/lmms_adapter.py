@@ -8,10 +8,19 @@ Adapter holds the logic and needs no lmms-eval (the tests use it alone); lmms_mo
 lmms subclass, which lmms-eval finds through the `lmms_eval.models` entry point of this package.
 Under torchrun / accelerate every process loads the model on its own device; lmms-eval splits the
 requests by `rank` and `world_size`.
+
+What it does as `ppllava eval` does: a request whose video (or frame) cannot be read, or that fails on the
+device, is answered "" (counted as wrong by the task's metric), named in a warning, and the run goes on; the
+end of generate_until lists them all. `--batch_size N` (N > 1, or auto): the pipeline has no batched
+generation yet, so the requests are answered one at a time and the log says so once; the answers are those
+of batch size 1. (A user passing one command line to many models expects the run and its numbers, not a
+refusal: batching changes only the speed.) lmms-eval itself exits 0 after a failed evaluation:
+`python -m ppllava.evaluate.lmms_run` runs the same command and exits 1 then (lmms_run.py).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -19,16 +28,41 @@ import torch
 
 from backends.device import current_device_type, local_device, resolve_device, set_current_device
 
+from ..data import DataError, read_image
+from ..data.readers import IMAGE_SUFFIXES
 from ..data.sampling import sample_indices
 from ..infer import Pipeline
+
+log = logging.getLogger(__name__)
+
+# what `ppllava eval` counts as a wrong answer and goes on after (ppllava/evaluate/runner.py)
+FAILURES = (DataError, FileNotFoundError, RuntimeError)
+
+
+def parse_batch_size(value) -> int | str:
+    """lmms-eval's --batch_size: N (int or str), "auto" or "auto:N"; returns the int, or the auto string."""
+    if value is None:
+        return 1
+    text = str(value).strip()
+    if text.startswith("auto"):
+        return text
+    try:
+        size = int(text)
+    except ValueError:
+        raise ValueError(f"batch_size must be N, auto or auto:N, got {value!r}") from None
+    if size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {size}")
+    return size
 
 
 class Adapter:
     """generate_until over lmms-eval requests: args = (context, gen_kwargs, doc_to_visual, doc_id, task, split)."""
 
     def __init__(self, model: str, device: str = "auto", dtype: str | None = None, frames: int | str | None = None,
-                 max_new_tokens: int | str = 128, **_ignored):
+                 max_new_tokens: int | str = 128, batch_size: int | str | None = 1, **_ignored):
         super().__init__()
+        self.batch_size = parse_batch_size(batch_size)
+        self.failures: list[tuple[str, str]] = []        # (what, why) of each request answered "" for an error
         if device in (None, "auto") and "LOCAL_RANK" in os.environ:       # one device per process
             device = local_device(current_device_type(), int(os.environ["LOCAL_RANK"]))
         device = resolve_device(device)
@@ -37,6 +71,13 @@ class Adapter:
         self.frames, self.max_new_tokens = self.pipeline.frames, int(max_new_tokens)
         self._rank = int(os.environ.get("RANK", 0))
         self._world_size = int(os.environ.get("WORLD_SIZE", 1))
+        if self.batch_size != 1:
+            self._warn(f"ppllava: batch_size {self.batch_size}: PPLLaVA has no batched generation yet, so the requests "
+                       f"are answered one at a time (the answers are those of batch_size 1)")
+
+    def _warn(self, message: str) -> None:
+        """A line for the user (lmms_model.py sends it to lmms-eval's own log)."""
+        log.warning(message)
 
     @property
     def device(self):
@@ -56,7 +97,12 @@ class Adapter:
         if not visuals:
             return None
         if isinstance(visuals[0], (str, os.PathLike)):
-            return self.pipeline.read(visuals[0])
+            paths = [os.fspath(v) for v in visuals]
+            if len(paths) == 1 or not all(p.lower().endswith(IMAGE_SUFFIXES) for p in paths):
+                return self.pipeline.read(paths[0])              # a video, a folder of frames or one image
+            picked = sample_indices(len(paths), self.frames, train=False)      # a video's frames, as files
+            frames = torch.cat([read_image(paths[i]) for i in picked])
+            return self.pipeline.from_frames(frames, is_video=True, name=paths[0])
         arrays = [np.asarray(v.convert("RGB") if hasattr(v, "convert") else v) for v in visuals]
         frames = torch.from_numpy(np.stack([a for a in arrays for a in (a if a.ndim == 4 else a[None])]))
         if len(frames) > 1:
@@ -64,18 +110,32 @@ class Adapter:
         return self.pipeline.from_frames(frames.to(torch.uint8).contiguous(), is_video=len(frames) > 1)
 
     def generate_until(self, requests) -> list[str]:
-        out = []
+        """One answer per request, in their order, one at a time (see the module's docstring for batch_size)."""
+        out, failed = [], []
         for request in requests:
             context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
-            visual = self._visual(doc_to_visual(self.task_dict[task][split][doc_id]))
-            tokens = int(gen_kwargs.get("max_new_tokens", self.max_new_tokens))
-            text = self.pipeline.ask(visual, context, max_new_tokens=tokens).text
-            until = gen_kwargs.get("until") or []
-            for stop in [until] if isinstance(until, str) else until:
-                if stop and stop in text:
-                    text = text.split(stop)[0]
-            out.append(text)
+            try:
+                out.append(self._answer(context, gen_kwargs, doc_to_visual(self.task_dict[task][split][doc_id])))
+            except FAILURES as error:
+                what, why = f"{task} doc {doc_id}", f"{type(error).__name__}: {error}".splitlines()[0]
+                self._warn(f"ppllava: {what}: {why}; answered \"\" (counted as wrong), the run goes on")
+                failed.append((what, why))
+                out.append("")
+        if failed:
+            self._warn(f"ppllava: {len(failed)} of {len(requests)} requests failed and count as wrong: "
+                       + "; ".join(f"{what} ({why})" for what, why in failed))
+        self.failures += failed
         return out
+
+    def _answer(self, context: str, gen_kwargs: dict, visuals) -> str:
+        visual = self._visual(visuals)
+        tokens = int(gen_kwargs.get("max_new_tokens", self.max_new_tokens))
+        text = self.pipeline.ask(visual, context, max_new_tokens=tokens).text
+        until = gen_kwargs.get("until") or []
+        for stop in [until] if isinstance(until, str) else until:
+            if stop and stop in text:
+                text = text.split(stop)[0]
+        return text
 
     def loglikelihood(self, requests):
         raise NotImplementedError("the PPLLaVA adapter answers generate_until tasks (the video QA suites); "

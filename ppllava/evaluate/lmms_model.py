@@ -5,12 +5,16 @@ lmms-eval finds it through the `lmms_eval.models` entry point in setup.py (`mani
 """
 
 from lmms_eval.api.model import lmms
+from loguru import logger as eval_logger          # lmms-eval's own log (it configures loguru's logger)
 
 from .lmms_adapter import Adapter
 
 
 class PPLLaVA(Adapter, lmms):
     is_simple = True                      # lmms-eval's doc_to_visual / generate_until interface
+
+    def _warn(self, message: str) -> None:
+        eval_logger.warning(message)      # beside lmms-eval's lines, on its stream
 
 
 def manifest():
