@@ -188,8 +188,9 @@ def test_only_complete_checkpoints_are_found(tmp_path):
     for name, complete in [("step-000010", True), ("step-000200", True), ("step-000030", False),
                            (".partial-step-000300", True)]:
         (root / name).mkdir(parents=True)
-        if complete:
-            (root / name / STATE_FILE).write_text(json.dumps({"step": 1}))
+        if complete:                  # a sound one: its state's fields and a model states file (a zip, as torch's)
+            (root / name / STATE_FILE).write_text(json.dumps({"step": 1, "position": [0, 0], "world_size": 1}))
+            torch.save({}, root / name / "mp_rank_00_model_states.pt")
     assert [p.name for p in complete_checkpoints(root)] == ["step-000010", "step-000200"]   # numeric order
     assert find_checkpoint(tmp_path / "run").name == "step-000200"
     assert find_checkpoint(root / "step-000010").name == "step-000010"
