@@ -37,6 +37,7 @@ def add_parser(sub) -> None:
     options.add_reader(p)
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
     options.add_frames(p)
+    options.add_budget(p)
     p.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated per answer (default 16)")
     p.add_argument("--limit", type=int, default=None, help="only the first N questions (a quick check)")
     p.add_argument("--scored-only", action="store_true",
@@ -68,7 +69,8 @@ def run(args) -> int:
     options.quiet_loading()
     group = distributed.start(deepspeed=False, device=None if args.device == "auto" else args.device)
     try:
-        pipe = Pipeline.load(args.model, device=group.device, dtype=args.dtype, frames=args.frames, reader=args.reader)
+        pipe = Pipeline.load(args.model, device=group.device, dtype=args.dtype, frames=args.frames, reader=args.reader,
+                         **options.budget(args))
         if group.is_main:
             options.say_frames(args, pipe)
         result = evaluate(pipe, questions, group, args.benchmark, args.max_new_tokens)

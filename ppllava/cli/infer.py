@@ -39,6 +39,7 @@ def add_parser(sub) -> None:
     options.add_reader(p)
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
     options.add_frames(p)
+    options.add_budget(p)
     p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate (default 256)")
     p.add_argument("--json", action="store_true", help="print one JSON object (answer, timings) instead of streaming")
     p.set_defaults(run=run)
@@ -71,7 +72,8 @@ def run(args) -> int:
     from ppllava.infer import Pipeline
 
     options.quiet_loading()
-    pipe = Pipeline.load(args.model, device=args.device, dtype=args.dtype, frames=args.frames, reader=args.reader)
+    pipe = Pipeline.load(args.model, device=args.device, dtype=args.dtype, frames=args.frames, reader=args.reader,
+                         **options.budget(args))
     options.say_frames(args, pipe)
     if requests is not None:
         result = run_batch(pipe, requests, args.out, args.max_new_tokens, base=Path(args.batch).parent, done=done)

@@ -57,17 +57,33 @@ TEXT_ROOM = 64  # positions a question and its template need at the least beside
 
 
 def check_frame_budget(config, frames: int) -> None:
-    """A video of `frames` frames must leave the LLM room for a question: refused before decoding anything."""
+    """A video of `frames` frames must leave the LLM room for a question: refused before decoding anything. The
+    count is the config's, a visual token budget (video_max_tokens / video_pooled_size) included."""
+    if frames < config.min_video_frames():
+        raise ValueError(f"--frames {frames} is fewer than the video kernel's {config.min_video_frames()} frames")
     limit = config.text_config.max_position_embeddings
     if config.visual_tokens(frames, True) + TEXT_ROOM <= limit:
         return
-    low, high = config.video_kernel[0], frames                  # the most frames that fit, by bisection
+    low, high = config.min_video_frames(), frames               # the most frames that fit, by bisection
     while low < high:
         mid = (low + high + 1) // 2
         low, high = (mid, high) if config.visual_tokens(mid, True) + TEXT_ROOM <= limit else (low, mid - 1)
+    fits = (f"at most {low} frames fit" if config.visual_tokens(low, True) + TEXT_ROOM <= limit else
+            "no frame count fits")
+    hint = "" if config.video_budget else "; or give a token budget (--max-visual-tokens)"
     raise ValueError(f"--frames {frames}: a video of {frames} frames becomes {config.visual_tokens(frames, True)} "
-                     f"visual tokens, beyond the LLM's {limit} positions (less {TEXT_ROOM} for the question); at most "
-                     f"{low} frames fit")
+                     f"visual tokens, beyond the LLM's {limit} positions (less {TEXT_ROOM} for the question); {fits}"
+                     f"{hint}")
+
+
+def apply_budget(config, max_visual_tokens: int | None = None, pooled_size=None) -> None:
+    """Pool videos to a visual token budget (a run's choice, as --max-visual-tokens / --pooled-size): sets
+    config.video_max_tokens or video_pooled_size (replacing the other) and checks it."""
+    if max_visual_tokens is None and pooled_size is None:
+        return
+    config.video_max_tokens = max_visual_tokens
+    config.video_pooled_size = list(pooled_size) if pooled_size is not None else None
+    config.check()
 
 
 class Pipeline:
@@ -91,24 +107,26 @@ class Pipeline:
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = None,
-             frames: int | None = None, reader: str = "auto") -> "Pipeline":
+             frames: int | None = None, reader: str = "auto", max_visual_tokens: int | None = None,
+             pooled_size=None) -> "Pipeline":
         """A PPLLaVA checkpoint folder (convert, or export of a training run) on `device` in `dtype`
-        (default: the checkpoint's own); `frames` per video default to those it was trained with, else 32."""
+        (default: the checkpoint's own); `frames` per video default to those it was trained with, else 32.
+        `max_visual_tokens` or `pooled_size` (T', H', W'): pool every video to that budget (config.py
+        video_max_tokens / video_pooled_size) instead of the checkpoint's own pooling."""
         if frames is not None and frames < 1:
             raise ValueError(f"--frames must be >= 1, got {frames}")
         device = resolve_device(device)
         get_reader(reader)                                       # an unknown reader or a missing library: now
         config = read_config(directory)                          # one clear error for a folder that is not ours
+        apply_budget(config, max_visual_tokens, pooled_size)
         frames = frames or getattr(config, "default_frames", None) or DEFAULT_FRAMES
-        if frames < config.video_kernel[0]:
-            raise ValueError(f"--frames {frames} is fewer than the video kernel's {config.video_kernel[0]} frames")
         check_frame_budget(config, frames)                       # before any weight is read or frame decoded
         tokenizer, prompt_tokenizer = load_tokenizers(directory) # before the weights: fail fast
         # a prompt beyond the prompt tower's positions is truncated with our own warning (model/context.py): not
         # transformers' too
         prompt_tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
         dtype = dtype_from_name(dtype) if isinstance(dtype, str) else dtype
-        model = load_model(directory, dtype=dtype).to(device)
+        model = load_model(directory, dtype=dtype, config=config).to(device)      # the budget in its config
         return cls(model, tokenizer, prompt_tokenizer, device, frames, reader)
 
     # -- visuals -----------------------------------------------------------------------------------
