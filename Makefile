@@ -16,7 +16,7 @@ OPEN_CLIP ?= open_clip_torch==3.3.0
 OPEN_CLIP_STAMP := $(VENV)/.installed-$(subst ==,-,$(OPEN_CLIP))
 comma := ,
 
-.PHONY: install test demo tiny bench clean
+.PHONY: install test demo tiny bench gpu-check gpu-check-dry clean
 
 install: $(STAMP) $(if $(filter dev,$(subst $(comma), ,$(EXTRAS))),$(OPEN_CLIP_STAMP))
 
@@ -46,6 +46,14 @@ demo: install
 
 bench: install
 	$(BIN)/ppllava bench ops
+
+# on a machine with one NVIDIA GPU (TORCH= a CUDA build): Triton kernel tests, parity against the CPU golden, bench ops
+# and bench e2e at 7B shape, within 8 minutes, one JSON report; gpu-check-dry starts every step and skips the GPU ones
+gpu-check: install
+	$(BIN)/ppllava gpu-check --out build/gpu-check.json
+
+gpu-check-dry: install
+	$(BIN)/ppllava gpu-check --dry-run --out build/gpu-check-dry.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info
