@@ -62,3 +62,14 @@ def long_clip_positions(old, keep=20):
     for j in range(4):
         new[4 * length - 3 * keep - 4 + j] = last + j * step / 4
     return new
+
+
+def get_size_output_mode(input_size, output_size):
+    """The authors' get_size(input_size, output_size) (their ppllava/models/utils.py, kernel and stride None):
+    stride = I // O and kernel = I - (O - 1) * stride per axis."""
+    kernel, stride = [], []
+    for i, o in zip(input_size, output_size):
+        s = i // o
+        stride.append(s)
+        kernel.append(i - (o - 1) * s)
+    return tuple(output_size), tuple(kernel), tuple(stride)

@@ -58,6 +58,5 @@ def load_vision_tower(directory: str | Path, dtype: torch.dtype = torch.float32)
 @torch.no_grad()
 def patch_tokens(vision: InternVLVisionModel, pixel_values: torch.Tensor, layer: int, strategy: str) -> torch.Tensor:
     """(B, 3, S, S) -> (B, P, D): the features PPLLaVA pools on InternVL (CLS dropped for 'default')."""
-    out = vision(pixel_values=pixel_values.to(vision.dtype), output_hidden_states=layer != -1)
-    features = FAMILIES["internvl"].vision_features(out, layer)
+    features = FAMILIES["internvl"].feature_layer(vision, pixel_values.to(vision.dtype), layer)
     return features[:, 1:] if strategy == "default" else features

@@ -37,8 +37,12 @@ def add_parser(sub) -> None:
     options.add_reader(p)
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
     options.add_frames(p)
+    options.add_budget(p)
     p.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated per answer (default 16)")
     p.add_argument("--limit", type=int, default=None, help="only the first N questions (a quick check)")
+    p.add_argument("--batch-size", type=int, default=1, metavar="B",
+                   help="questions answered together through the LLM (default 1; the same answers); the questions "
+                        "of one video come one after the other and share its frames")
     p.add_argument("--scored-only", action="store_true",
                    help="skip questions without a known answer (e.g. EgoSchema beyond its 500-question subset)")
     p.set_defaults(run=run)
@@ -48,6 +52,8 @@ def run(args) -> int:
     from ppllava.errors import UserError
     from ppllava.evaluate import load_benchmark
 
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: give the number of questions to answer (>= 1), or leave it out for all")
     if args.videos is not None and not Path(args.videos).is_dir():
@@ -68,10 +74,11 @@ def run(args) -> int:
     options.quiet_loading()
     group = distributed.start(deepspeed=False, device=None if args.device == "auto" else args.device)
     try:
-        pipe = Pipeline.load(args.model, device=group.device, dtype=args.dtype, frames=args.frames, reader=args.reader)
+        pipe = Pipeline.load(args.model, device=group.device, dtype=args.dtype, frames=args.frames, reader=args.reader,
+                         **options.budget(args))
         if group.is_main:
             options.say_frames(args, pipe)
-        result = evaluate(pipe, questions, group, args.benchmark, args.max_new_tokens)
+        result = evaluate(pipe, questions, group, args.benchmark, args.max_new_tokens, args.batch_size)
         if result is not None:
             if args.out:
                 write_json_atomic(args.out, result)

@@ -37,6 +37,7 @@ def add_parser(sub) -> None:
     options.add_reader(p)
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
     options.add_frames(p)
+    options.add_budget(p)
     p.add_argument("--columns", type=int, default=None,
                    help="frames per row of the grid (default: ceil(sqrt(frames)), at most 8)")
     p.add_argument("--json", action="store_true",
@@ -55,7 +56,8 @@ def run(args) -> int:
     check_out(args.out)
     options.existing_file(args.video, "--video")
     options.quiet_loading()
-    pipe = Pipeline.load(args.model, device=args.device, dtype=args.dtype, frames=args.frames, reader=args.reader)
+    pipe = Pipeline.load(args.model, device=args.device, dtype=args.dtype, frames=args.frames, reader=args.reader,
+                         **options.budget(args))
     options.say_frames(args, pipe)
     summary = explain(pipe, args.video, args.prompt, args.out, columns=args.columns)
     if args.json:

@@ -35,10 +35,14 @@ def add_parser(sub) -> None:
     p.add_argument("--chat", action="store_true", help="read questions from stdin, one a line, about --video")
     p.add_argument("--batch", metavar="JSONL", help="questions to answer, one JSON object a line")
     p.add_argument("--out", metavar="JSONL", help="where --batch appends its answers")
+    p.add_argument("--batch-size", type=int, default=1, metavar="B",
+                   help="--batch: questions answered together through the LLM (default 1; the answers are the same); "
+                        "the questions of one video are grouped and its frames encoded once")
     options.add_device(p)
     options.add_reader(p)
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
     options.add_frames(p)
+    options.add_budget(p)
     p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate (default 256)")
     p.add_argument("--json", action="store_true", help="print one JSON object (answer, timings) instead of streaming")
     p.set_defaults(run=run)
@@ -55,6 +59,10 @@ def _check(args) -> None:
             raise ValueError("--chat reads its questions from stdin: drop --prompt")
     elif not args.prompt:
         raise ValueError("give --prompt (with --video), or --chat, or --batch")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.batch_size > 1 and not args.batch:
+        raise ValueError("--batch-size goes with --batch")
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
 
@@ -71,10 +79,12 @@ def run(args) -> int:
     from ppllava.infer import Pipeline
 
     options.quiet_loading()
-    pipe = Pipeline.load(args.model, device=args.device, dtype=args.dtype, frames=args.frames, reader=args.reader)
+    pipe = Pipeline.load(args.model, device=args.device, dtype=args.dtype, frames=args.frames, reader=args.reader,
+                         **options.budget(args))
     options.say_frames(args, pipe)
     if requests is not None:
-        result = run_batch(pipe, requests, args.out, args.max_new_tokens, base=Path(args.batch).parent, done=done)
+        result = run_batch(pipe, requests, args.out, args.max_new_tokens, base=Path(args.batch).parent, done=done,
+                           batch_size=args.batch_size)
         print(f"answered {result['answered']}, errors {result['errors']}, already in {args.out}: {result['skipped']}",
               file=sys.stderr)
         return 1 if result["errors"] else 0

@@ -47,6 +47,33 @@ def add_frames(parser: argparse.ArgumentParser) -> None:
                         help="frames sampled from a video (default: those the checkpoint was trained with, else 32)")
 
 
+def _pooled_size(text: str) -> list[int]:
+    try:
+        size = [int(v) for v in text.replace("x", ",").split(",")]
+    except ValueError:
+        size = []
+    if len(size) != 3 or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive ints T',H',W' (e.g. 16,8,8), got {text!r}")
+    return size
+
+
+def add_budget(parser: argparse.ArgumentParser) -> None:
+    """A visual token budget for videos (config video_max_tokens / video_pooled_size): any --frames pools to it."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--max-visual-tokens", type=int, default=None, metavar="N",
+                       help="pool each video to at most N visual tokens: the checkpoint's kernels while they fit, "
+                            "else the temporal (and if needed spatial) kernel and stride derived per video from the "
+                            "pooled size, as the authors' output_size mode (default: the checkpoint's pooling)")
+    group.add_argument("--pooled-size", type=_pooled_size, default=None, metavar="T,H,W",
+                       help="pool each video to T' x H' x W' tokens (fewer frames than T' keep one row per frame)")
+
+
+def budget(args) -> dict:
+    """Pipeline.load's keyword arguments for the budget options."""
+    return {"max_visual_tokens": getattr(args, "max_visual_tokens", None),
+            "pooled_size": getattr(args, "pooled_size", None)}
+
+
 def say_frames(args, pipe) -> None:
     """Which frame count a run uses when --frames was not given and the checkpoint chose it (stderr)."""
     import sys

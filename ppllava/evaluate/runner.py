@@ -14,27 +14,67 @@ from .formats import LETTERS, Question
 from .scoring import accuracy, extract_choice, mc_prompt, pooling_text
 
 
-def answer_all(pipeline, questions: list[Question], max_new_tokens: int = 16, progress: bool = True) -> list[dict]:
+def answer_all(pipeline, questions: list[Question], max_new_tokens: int = 16, progress: bool = True,
+               batch_size: int = 1) -> list[dict]:
     """One row per question: the raw answer, the parsed choice, whether it is right. A video that cannot be
     read, or a question that fails on the device (e.g. out of memory), is an error row counted as wrong,
-    and the run goes on. Consecutive questions about one video share its decoded, encoded frames."""
-    rows, cached = [], (None, None)
-    for q in tqdm(questions, desc="eval", unit="question", disable=not progress):
-        row = {"id": q.id, "category": q.category, "group": q.group, "video": q.video,
-               "answer": None if q.answer is None else LETTERS[q.answer]}
-        try:
-            key = (q.video, q.window, q.fps)
-            if cached[0] != key:
-                cached = (None, None)                            # free the last video before reading the next
-                cached = (key, pipeline.read(q.video, window=q.window, fps=q.fps))
-            out = pipeline.ask(cached[1], mc_prompt(q), max_new_tokens=max_new_tokens, pooling_text=pooling_text(q))
-            choice = extract_choice(out.text, q.options)
-            row.update(output=out.text, choice=None if choice is None else LETTERS[choice])
-        except (DataError, FileNotFoundError, RuntimeError) as e:
-            row.update(output=None, choice=None, error=f"{type(e).__name__}: {e}".splitlines()[0])
-        row["correct"] = None if q.answer is None else row["choice"] == row["answer"]
-        rows.append(row)
+    and the run goes on. Consecutive questions about one video share its decoded, encoded frames;
+    `batch_size` consecutive questions go through the LLM together (the same answers as one at a time)."""
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    rows, cached = [], {}
+    with tqdm(total=len(questions), desc="eval", unit="question", disable=not progress) as bar:
+        for start in range(0, len(questions), batch_size):
+            chunk = questions[start:start + batch_size]
+            keys = [(q.video, q.window, q.fps) for q in chunk]
+            cached = {k: v for k, v in cached.items() if k in keys}    # free the videos done with before reading
+            ready, part = [], []
+            for q, key in zip(chunk, keys):
+                row = {"id": q.id, "category": q.category, "group": q.group, "video": q.video,
+                       "answer": None if q.answer is None else LETTERS[q.answer]}
+                part.append(row)
+                try:
+                    if key not in cached:
+                        cached[key] = pipeline.read(q.video, window=q.window, fps=q.fps)
+                    if isinstance(cached[key], BaseException):
+                        raise cached[key]
+                    ready.append((row, q, cached[key]))
+                except (DataError, FileNotFoundError, RuntimeError) as e:
+                    cached[key] = e
+                    _error(row, e)
+            for (row, q, _), out in zip(ready, _answers(pipeline, ready, max_new_tokens)):
+                if isinstance(out, BaseException):
+                    _error(row, out)
+                else:
+                    choice = extract_choice(out.text, q.options)
+                    row.update(output=out.text, choice=None if choice is None else LETTERS[choice])
+            for row in part:
+                row["correct"] = None if row["answer"] is None else row["choice"] == row["answer"]
+            rows += part
+            bar.update(len(chunk))
     return rows
+
+
+def _error(row: dict, e: BaseException) -> None:
+    row.update(output=None, choice=None, error=f"{type(e).__name__}: {e}".splitlines()[0])
+
+
+def _answers(pipeline, ready, max_new_tokens) -> list:
+    """Answers of (row, question, visual) together; when the batch fails, each alone."""
+    if len(ready) > 1:
+        try:
+            return pipeline.ask_batch([(visual, mc_prompt(q)) for _, q, visual in ready], max_new_tokens=max_new_tokens,
+                                      pooling_texts=[pooling_text(q) for _, q, _ in ready])
+        except (DataError, RuntimeError):
+            pass
+    answers = []
+    for _, q, visual in ready:
+        try:
+            answers.append(pipeline.ask(visual, mc_prompt(q), max_new_tokens=max_new_tokens,
+                                        pooling_text=pooling_text(q)))
+        except (DataError, FileNotFoundError, RuntimeError) as e:
+            answers.append(e)
+    return answers
 
 
 def shard(questions: list[Question], rank: int, world_size: int) -> list[Question]:
@@ -61,9 +101,11 @@ def write_json_atomic(path: str | Path, data: dict) -> None:
         raise
 
 
-def evaluate(pipeline, questions: list[Question], group, benchmark: str, max_new_tokens: int = 16) -> dict | None:
+def evaluate(pipeline, questions: list[Question], group, benchmark: str, max_new_tokens: int = 16,
+             batch_size: int = 1) -> dict | None:
     """Each process answers the questions of its videos; the main one gathers, scores and returns the results."""
-    mine = answer_all(pipeline, shard(questions, group.rank, group.world_size), max_new_tokens, progress=group.is_main)
+    mine = answer_all(pipeline, shard(questions, group.rank, group.world_size), max_new_tokens, progress=group.is_main,
+                      batch_size=batch_size)
     gathered = group.gather(mine)
     if not group.is_main:
         return None

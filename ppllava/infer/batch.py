@@ -107,28 +107,73 @@ def resume(out: str | Path) -> set:
 
 
 def run_batch(pipeline, requests: list[dict], out: str | Path, max_new_tokens: int, base: Path | None = None,
-              done: set | None = None) -> dict:
+              done: set | None = None, batch_size: int = 1) -> dict:
     """Answer every request not yet in `out` (`done`: what `resume(out)` returned); a failing video or question
-    is recorded as an error and the batch goes on."""
+    is recorded as an error and the batch goes on. Consecutive questions about one video share its frames (read
+    and encoded once). With `batch_size` > 1 the questions of each video are taken together (rows are written
+    video by video) and `batch_size` questions go through the LLM at once, with the answers of one at a time."""
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     out = Path(out)
     done = resume(out) if done is None else done
     out.parent.mkdir(parents=True, exist_ok=True)
     todo = [r for r in requests if r["id"] not in done]
-    errors = 0
-    with out.open("a", encoding="utf-8") as f:
-        for request in tqdm(todo, desc="infer", unit="question"):
-            row = {"id": request["id"], "video": request.get("video"), "question": request["question"]}
-            try:
-                video = request.get("video")
-                if video is not None and base is not None and not Path(video).is_absolute():
-                    video = str(base / video)
-                visual = pipeline.read(video) if video else None
-                answer = pipeline.ask(visual, request["question"], max_new_tokens=max_new_tokens)
-                row.update(answer=answer.text, tokens=answer.tokens, visual_tokens=answer.visual_tokens,
-                           seconds={**(visual.seconds if visual else {}), **answer.seconds})
-            except (DataError, FileNotFoundError, ValueError, RuntimeError) as e:
-                errors += 1
-                row["error"] = str(e)
-            f.write(json.dumps(row) + "\n")               # ASCII escapes: a lone surrogate is written as \udXXX
+
+    def path_of(request):
+        video = request.get("video")
+        if video is not None and base is not None and not Path(video).is_absolute():
+            video = str(base / video)
+        return video or None
+
+    if batch_size > 1:                            # each video's questions together (stable), in the file's order
+        first = {v: i for i, v in reversed(list(enumerate(path_of(r) for r in todo)))}
+        todo.sort(key=lambda r: first[path_of(r)])
+    errors, visuals = 0, {}
+    with out.open("a", encoding="utf-8") as f, tqdm(total=len(todo), desc="infer", unit="question") as bar:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            visuals = {k: v for k, v in visuals.items() if any(path_of(r) == k for r in chunk)}
+            rows, ready = [], []
+            for request in chunk:
+                row = {"id": request["id"], "video": request.get("video"), "question": request["question"]}
+                rows.append(row)
+                video = path_of(request)
+                try:
+                    if video is not None and video not in visuals:
+                        visuals[video] = pipeline.read(video)
+                    ready.append((row, request, visuals.get(video)))
+                except (DataError, FileNotFoundError, ValueError, RuntimeError) as e:
+                    visuals[video] = e                                  # its other questions get the same error
+                    row["error"] = str(e)
+            for row, request, visual in [t for t in ready if isinstance(t[2], BaseException)]:
+                row["error"] = str(visual)
+            ready = [t for t in ready if not isinstance(t[2], BaseException)]
+            for (row, _, visual), answer in zip(ready, _answers(pipeline, ready, max_new_tokens)):
+                if isinstance(answer, BaseException):
+                    row["error"] = str(answer)
+                else:
+                    row.update(answer=answer.text, tokens=answer.tokens, visual_tokens=answer.visual_tokens,
+                               seconds={**(visual.seconds if visual else {}), **answer.seconds})
+            for row in rows:
+                errors += "error" in row
+                f.write(json.dumps(row) + "\n")               # ASCII escapes: a lone surrogate is written as \udXXX
             f.flush()
+            bar.update(len(chunk))
     return {"answered": len(todo) - errors, "errors": errors, "skipped": len(requests) - len(todo)}
+
+
+def _answers(pipeline, ready, max_new_tokens) -> list:
+    """Answers of (row, request, visual) together; when the batch fails, each alone (an error names its question)."""
+    if len(ready) > 1:
+        try:
+            return pipeline.ask_batch([(visual, request["question"]) for _, request, visual in ready],
+                                      max_new_tokens=max_new_tokens)
+        except (DataError, ValueError, RuntimeError):
+            pass
+    answers = []
+    for _, request, visual in ready:
+        try:
+            answers.append(pipeline.ask(visual, request["question"], max_new_tokens=max_new_tokens))
+        except (DataError, FileNotFoundError, ValueError, RuntimeError) as e:
+            answers.append(e)
+    return answers

@@ -50,6 +50,7 @@ class Answer:
     tokens: int                         # generated tokens of the answer (the stop token not counted)
     visual_tokens: int                  # tokens the visual became in the LLM's input
     seconds: dict                       # prefill (to the first token) and generate (all tokens)
+    ids: list[int] = field(default_factory=list)    # the answer's token ids (the stop token not counted)
 
 
 DEFAULT_FRAMES = 32  # frames per video of a checkpoint that does not say what it was trained with
@@ -57,17 +58,33 @@ TEXT_ROOM = 64  # positions a question and its template need at the least beside
 
 
 def check_frame_budget(config, frames: int) -> None:
-    """A video of `frames` frames must leave the LLM room for a question: refused before decoding anything."""
+    """A video of `frames` frames must leave the LLM room for a question: refused before decoding anything. The
+    count is the config's, a visual token budget (video_max_tokens / video_pooled_size) included."""
+    if frames < config.min_video_frames():
+        raise ValueError(f"--frames {frames} is fewer than the video kernel's {config.min_video_frames()} frames")
     limit = config.text_config.max_position_embeddings
     if config.visual_tokens(frames, True) + TEXT_ROOM <= limit:
         return
-    low, high = config.video_kernel[0], frames                  # the most frames that fit, by bisection
+    low, high = config.min_video_frames(), frames               # the most frames that fit, by bisection
     while low < high:
         mid = (low + high + 1) // 2
         low, high = (mid, high) if config.visual_tokens(mid, True) + TEXT_ROOM <= limit else (low, mid - 1)
+    fits = (f"at most {low} frames fit" if config.visual_tokens(low, True) + TEXT_ROOM <= limit else
+            "no frame count fits")
+    hint = "" if config.video_budget else "; or give a token budget (--max-visual-tokens)"
     raise ValueError(f"--frames {frames}: a video of {frames} frames becomes {config.visual_tokens(frames, True)} "
-                     f"visual tokens, beyond the LLM's {limit} positions (less {TEXT_ROOM} for the question); at most "
-                     f"{low} frames fit")
+                     f"visual tokens, beyond the LLM's {limit} positions (less {TEXT_ROOM} for the question); {fits}"
+                     f"{hint}")
+
+
+def apply_budget(config, max_visual_tokens: int | None = None, pooled_size=None) -> None:
+    """Pool videos to a visual token budget (a run's choice, as --max-visual-tokens / --pooled-size): sets
+    config.video_max_tokens or video_pooled_size (replacing the other) and checks it."""
+    if max_visual_tokens is None and pooled_size is None:
+        return
+    config.video_max_tokens = max_visual_tokens
+    config.video_pooled_size = list(pooled_size) if pooled_size is not None else None
+    config.check()
 
 
 class Pipeline:
@@ -91,24 +108,26 @@ class Pipeline:
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = None,
-             frames: int | None = None, reader: str = "auto") -> "Pipeline":
+             frames: int | None = None, reader: str = "auto", max_visual_tokens: int | None = None,
+             pooled_size=None) -> "Pipeline":
         """A PPLLaVA checkpoint folder (convert, or export of a training run) on `device` in `dtype`
-        (default: the checkpoint's own); `frames` per video default to those it was trained with, else 32."""
+        (default: the checkpoint's own); `frames` per video default to those it was trained with, else 32.
+        `max_visual_tokens` or `pooled_size` (T', H', W'): pool every video to that budget (config.py
+        video_max_tokens / video_pooled_size) instead of the checkpoint's own pooling."""
         if frames is not None and frames < 1:
             raise ValueError(f"--frames must be >= 1, got {frames}")
         device = resolve_device(device)
         get_reader(reader)                                       # an unknown reader or a missing library: now
         config = read_config(directory)                          # one clear error for a folder that is not ours
+        apply_budget(config, max_visual_tokens, pooled_size)
         frames = frames or getattr(config, "default_frames", None) or DEFAULT_FRAMES
-        if frames < config.video_kernel[0]:
-            raise ValueError(f"--frames {frames} is fewer than the video kernel's {config.video_kernel[0]} frames")
         check_frame_budget(config, frames)                       # before any weight is read or frame decoded
         tokenizer, prompt_tokenizer = load_tokenizers(directory) # before the weights: fail fast
         # a prompt beyond the prompt tower's positions is truncated with our own warning (model/context.py): not
         # transformers' too
         prompt_tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
         dtype = dtype_from_name(dtype) if isinstance(dtype, str) else dtype
-        model = load_model(directory, dtype=dtype).to(device)
+        model = load_model(directory, dtype=dtype, config=config).to(device)      # the budget in its config
         return cls(model, tokenizer, prompt_tokenizer, device, frames, reader)
 
     # -- visuals -----------------------------------------------------------------------------------
@@ -178,11 +197,7 @@ class Pipeline:
                  stream=None, pooling_text: str | None = None) -> Answer:
         """Greedy answer to the last user message; `stream(text_piece)` receives the text as it comes."""
         inputs = self.inputs(visual, messages, pooling_text)
-        positions, limit = inputs["input_ids"].shape[1] + max_new_tokens, self.config.text_config.max_position_embeddings
-        if positions > limit:
-            raise DataError(f"the conversation takes {inputs['input_ids'].shape[1]} positions (with its visual tokens) "
-                            f"and max_new_tokens {max_new_tokens} more: {positions} > the LLM's {limit}; use fewer "
-                            f"frames, a shorter prompt or fewer new tokens")
+        self._check_positions(inputs, max_new_tokens)
         streamer = _Streamer(self.tokenizer, stream)
         start = time.perf_counter()
         out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
@@ -193,7 +208,66 @@ class Pipeline:
         tokens = new[:stop]
         visual_tokens = int(self.model.placeholder_mask(inputs["input_ids"]).sum())
         seconds = {"first_token": (streamer.first or time.perf_counter()) - start, "generate": time.perf_counter() - start}
-        return Answer(self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(tokens), visual_tokens, seconds)
+        return Answer(self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(tokens), visual_tokens, seconds,
+                      tokens)
+
+    def _check_positions(self, inputs: dict, max_new_tokens: int) -> None:
+        positions, limit = inputs["input_ids"].shape[1] + max_new_tokens, self.config.text_config.max_position_embeddings
+        if positions > limit:
+            raise DataError(f"the conversation takes {inputs['input_ids'].shape[1]} positions (with its visual tokens) "
+                            f"and max_new_tokens {max_new_tokens} more: {positions} > the LLM's {limit}; use fewer "
+                            f"frames, a shorter prompt or fewer new tokens")
+
+    @torch.no_grad()
+    def generate_batch(self, requests: list[tuple[Visual | None, list[dict]]], max_new_tokens: int = 256,
+                       pooling_texts: list[str | None] | None = None) -> list[Answer]:
+        """Greedy answers to several conversations at once, each (visual or None, messages): one LLM batch, left
+        padded, each row cut at its own first stop token; the same tokens as generate() one at a time. Questions
+        about one Visual share its vision pass (its cached patches); each row pools them for its own question."""
+        if not requests:
+            return []
+        texts = pooling_texts or [None] * len(requests)
+        rows = [self.inputs(visual, messages, text) for (visual, messages), text in zip(requests, texts)]
+        for row in rows:
+            self._check_positions(row, max_new_tokens)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
+        length = max(r["input_ids"].shape[1] for r in rows)
+        input_ids = torch.full((len(rows), length), pad, dtype=torch.long, device=self.device)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long, device=self.device)
+        for i, r in enumerate(rows):                                              # left padding
+            n = r["input_ids"].shape[1]
+            input_ids[i, length - n:], attention_mask[i, length - n:] = r["input_ids"][0], 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        with_visual = [i for i, r in enumerate(rows) if "patches" in r]
+        if with_visual:
+            # every row gets a prompt-tower row (visual_sample indexes input rows); a text-only row's is never read
+            blank = self.processor.prompt_inputs(" ")
+            prompts = [r if "patches" in r else {k: v.to(self.device) for k, v in blank.items()} for r in rows]
+            width = max(p["prompt_input_ids"].shape[1] for p in prompts)
+            prompt_pad = self.prompt_tokenizer.pad_token_id or 0
+            prompt_ids = torch.full((len(rows), width), prompt_pad, dtype=torch.long, device=self.device)
+            prompt_mask = torch.zeros((len(rows), width), dtype=torch.long, device=self.device)
+            for i, p in enumerate(prompts):                                       # right padding, masked
+                n = p["prompt_input_ids"].shape[1]
+                prompt_ids[i, :n], prompt_mask[i, :n] = p["prompt_input_ids"][0], p["prompt_attention_mask"][0]
+            batch |= {"patches": torch.cat([rows[i]["patches"] for i in with_visual]),
+                      "visual_frames": torch.cat([rows[i]["visual_frames"] for i in with_visual]),
+                      "visual_is_video": torch.cat([rows[i]["visual_is_video"] for i in with_visual]),
+                      "visual_sample": torch.cat([torch.full_like(rows[i]["visual_sample"], i) for i in with_visual]),
+                      "prompt_input_ids": prompt_ids, "prompt_attention_mask": prompt_mask}
+        start = time.perf_counter()
+        out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                  pad_token_id=pad, eos_token_id=self.stop_ids)
+        synchronize(self.device)
+        seconds = {"generate": time.perf_counter() - start, "batch": len(rows)}
+        answers = []
+        for i, r in enumerate(rows):
+            new = out[i, length:].tolist()
+            tokens = new[:next((j for j, t in enumerate(new) if t in self.stop_ids), len(new))]
+            visual_tokens = int(self.model.placeholder_mask(r["input_ids"]).sum())
+            answers.append(Answer(self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(tokens),
+                                  visual_tokens, dict(seconds), tokens))
+        return answers
 
     @torch.no_grad()
     def relevance(self, visual: Visual, question: str) -> torch.Tensor:
@@ -207,6 +281,17 @@ class Pipeline:
                                      prompt["prompt_attention_mask"].to(self.device))
         embeds = pooling.embed_patches(visual.patches)
         return backends.relevance_map(embeds[None], text, self.config.relevance_scale)[0].float().cpu()
+
+    def ask_batch(self, questions: list[tuple[Visual | str | Path | None, str]], max_new_tokens: int = 256,
+                  pooling_texts: list[str | None] | None = None) -> list[Answer]:
+        """One question each about a visual (path or Visual; one path read once) or nothing, answered together."""
+        read: dict[str, Visual] = {}
+        for v, _ in questions:
+            if isinstance(v, (str, Path)) and str(v) not in read:
+                read[str(v)] = self.read(v)
+        visuals = [read[str(v)] if isinstance(v, (str, Path)) else v for v, _ in questions]
+        return self.generate_batch([(v, [_user(q, v)]) for v, (_, q) in zip(visuals, questions)], max_new_tokens,
+                                   pooling_texts)
 
     def ask(self, path_or_visual, question: str, **kwargs) -> Answer:
         """One question about a video, image (path or Visual), or nothing (None)."""

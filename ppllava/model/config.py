@@ -56,6 +56,14 @@ class PPLLaVAConfig(PreTrainedConfig):
     image_kernel: list[int] | None = None
     image_stride: list[int] | None = None
     pooling_temperature: float = 0.01
+    # a visual token budget for videos (None, None: the fixed kernels above, for every length). The pooled size of
+    # a video of T frames is a target (T', H', W') (`video_pooled_size`; a video of fewer than T' frames keeps one
+    # token row per frame), or at most `video_max_tokens` tokens (the fixed kernels while they fit; else T' =
+    # N // (H' W') at the fixed kernels' H', W', which shrink to a square of at most N only when one pooled frame is
+    # over). Each axis whose size differs from the fixed kernels' gets stride T // T' and kernel T - (T' - 1) *
+    # stride, as the authors' get_size(output_size=...) derives them; the other axes keep the fixed kernel
+    video_pooled_size: list[int] | None = None
+    video_max_tokens: int | None = None
     # "prompt" (PPLLaVA), or the baselines the paper compares with: "average" (avg_pool3d with the same
     # kernels, no prompt tower) and "none" (every patch token reaches the LLM)
     pooling_mode: Literal["prompt", "average", "none"] = "prompt"
@@ -130,10 +138,48 @@ class PPLLaVAConfig(PreTrainedConfig):
         after its pixel shuffle: 16)."""
         return self.native_grid // self.pixel_shuffle
 
-    def pooling_geometry(self, is_video: bool) -> tuple[list[int], list[int]]:
+    @property
+    def video_budget(self) -> bool:
+        """Whether videos pool to a budget (video_pooled_size or video_max_tokens) rather than the fixed kernels."""
+        return self.video_pooled_size is not None or self.video_max_tokens is not None
+
+    def pooling_geometry(self, is_video: bool, frames: int | None = None) -> tuple[list[int], list[int]]:
+        """(kernel, stride) of an item; a video of `frames` frames under a token budget gets its own (the fixed
+        ones without a budget, or without `frames`)."""
         kernel = self.video_kernel if is_video else self.image_kernel
         stride = (self.video_stride if is_video else self.image_stride) or kernel
-        return kernel, stride
+        if not is_video or frames is None or not self.video_budget:
+            return list(kernel), list(stride)
+        size = (frames, self.patch_grid, self.patch_grid)
+        fixed = output_size(size, kernel, stride)
+        derived_kernel, derived_stride = [], []
+        for n, target, have, k, s in zip(size, self.pooled_size(frames), fixed, kernel, stride):
+            if target == have:
+                derived_kernel.append(k), derived_stride.append(s)
+            else:                                                # the authors' get_size, output_size mode
+                derived_stride.append(n // target)
+                derived_kernel.append(n - (target - 1) * (n // target))
+        return derived_kernel, derived_stride
+
+    def pooled_size(self, frames: int) -> tuple[int, int, int]:
+        """(T', H', W') a video of `frames` frames pools to."""
+        g = self.patch_grid
+        if self.video_pooled_size is not None:
+            return tuple(min(o, n) for o, n in zip(self.video_pooled_size, (frames, g, g)))
+        kernel, stride = self.pooling_geometry(True)
+        t, h, w = output_size((frames, g, g), kernel, stride)
+        if self.video_max_tokens is None:
+            return t, h, w
+        budget = self.video_max_tokens
+        if min(h, w) < 1:                                        # a frame smaller than the kernel: visual_tokens says so
+            return t, h, w
+        if h * w > budget:                                       # one pooled frame is already over: a smaller square
+            h = w = min(h, w, math.isqrt(budget))
+        return min(max(t, 1), budget // (h * w)), h, w
+
+    def min_video_frames(self) -> int:
+        """The fewest frames a video may have: the fixed temporal kernel's, any under a budget."""
+        return 1 if self.video_budget else self.pooling_geometry(True)[0][0]
 
     def visual_tokens(self, frames: int, is_video: bool, image_size: tuple[int, int] | None = None) -> int:
         """Tokens the LLM receives for one item of `frames` frames (or crops, for an image; an anyres image
@@ -144,7 +190,7 @@ class PPLLaVAConfig(PreTrainedConfig):
         newline = int(self.appends_newline(frames, is_video))
         if self.pooling_mode == "none":
             return frames * self.patch_grid ** 2 + newline
-        kernel, stride = self.pooling_geometry(is_video)
+        kernel, stride = self.pooling_geometry(is_video, frames)
         t, h, w = output_size((frames, self.patch_grid, self.patch_grid), kernel, stride)
         if min(t, h, w) < 1:
             kind = "video" if is_video else "image"
@@ -203,6 +249,21 @@ class PPLLaVAConfig(PreTrainedConfig):
             value = getattr(self, name)
             if value is not None and (len(value) != 3 or not all(isinstance(v, int) and v > 0 for v in value)):
                 raise ValueError(f"{name} must be three positive ints (t, h, w), got {value}")
+        if self.video_pooled_size is not None and self.video_max_tokens is not None:
+            raise ValueError("give video_pooled_size or video_max_tokens, not both")
+        size = self.video_pooled_size
+        if size is not None and (not isinstance(size, (list, tuple)) or len(size) != 3 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+            raise ValueError(f"video_pooled_size must be three positive ints (T', H', W'), got {size!r}")
+        if size is not None and max(size[1:]) > self.patch_grid:
+            raise ValueError(f"video_pooled_size {list(size)}: H' and W' must be at most the {self.patch_grid} tokens "
+                             f"per side of a frame")
+        limit = self.video_max_tokens
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"video_max_tokens must be a positive int, got {limit!r}")
+        if self.video_budget and self.pooling_mode == "none":
+            raise ValueError("a video token budget (video_pooled_size / video_max_tokens) needs pooling; "
+                             "pooling_mode is 'none'")
         for name in ("pooling_temperature", "relevance_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")

@@ -117,7 +117,8 @@ class PPLLaVAForConditionalGeneration(PPLLaVAPreTrainedModel):
 
     # -- visual path ------------------------------------------------------------------------------
     def vision_patches(self, pixel_values: torch.Tensor, visual_frames=None) -> torch.Tensor:
-        """(F, 3, S, S) -> (F, g, g, Dv): hidden_states[vision_feature_layer], CLS dropped for 'default';
+        """(F, 3, S, S) -> (F, g, g, Dv): hidden_states[vision_feature_layer], CLS dropped for 'default' (the
+        tower runs up to that layer only: TowerFamily.feature_layer);
         with pixel_shuffle s > 1, (F, g/s, g/s, s*s*Dv) as InternVL merges patches.
 
         `visual_frames`: frames of each item (they sum to F), which a BT-Adapter encodes together; without
@@ -126,8 +127,8 @@ class PPLLaVAForConditionalGeneration(PPLLaVAPreTrainedModel):
         if self.btadapter is not None:
             features = self._adapted_features(pixel_values, visual_frames)
         else:
-            out = self.vision_tower(pixel_values=pixel_values, output_hidden_states=True)
-            features = self.prompt_pooling.family.vision_features(out, self.config.vision_feature_layer)
+            features = self.prompt_pooling.family.feature_layer(self.vision_tower, pixel_values,
+                                                                self.config.vision_feature_layer)
         if self.config.vision_feature_select_strategy == "default":
             features = features[:, 1:]
         g = self.config.native_grid

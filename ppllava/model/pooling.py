@@ -48,7 +48,7 @@ class PromptGuidedPooling(nn.Module):
         Only the two backend ops run here, no module: the model calls each parameterised module once per
         forward, whatever mix of videos and images a batch holds, which ZeRO-3 needs (every process
         gathers the same parameters in the same order)."""
-        kernel, stride = self.config.pooling_geometry(is_video)
+        kernel, stride = self.config.pooling_geometry(is_video, x.shape[1])
         relevance = backends.relevance_map(patch_embeds, text_embeds, self.config.relevance_scale)
         return backends.prompt_guided_pool(x, relevance, kernel=kernel, stride=stride,
                                            temperature=self.config.pooling_temperature)
@@ -61,6 +61,6 @@ class PromptGuidedPooling(nn.Module):
         i.e. avg_pool3d, through the backend op: it runs where avg_pool3d does not (the 910B for D > 1)."""
         if self.config.pooling_mode == "none":
             return x
-        kernel, stride = self.config.pooling_geometry(is_video)
+        kernel, stride = self.config.pooling_geometry(is_video, x.shape[1])
         uniform = torch.zeros(x.shape[:4], dtype=torch.float32, device=x.device)
         return backends.prompt_guided_pool(x, uniform, kernel=kernel, stride=stride, temperature=1.0)

@@ -91,8 +91,36 @@ class TowerFamily:
         return self.patch_projection(config.vision_config)
 
     def vision_features(self, outputs, layer: int) -> torch.Tensor:
-        """The vision tower's features PPLLaVA pools: hidden_states[layer] (what LLaVA's bases take)."""
+        """The vision tower's features PPLLaVA pools, read from a full forward's outputs (with
+        output_hidden_states): hidden_states[layer] (what LLaVA's bases take). `feature_layer` computes the
+        same without running the layers after it."""
         return outputs.hidden_states[layer]
+
+    # -- the tower up to its feature layer -------------------------------------------------------
+    def embed(self, tower, pixel_values: torch.Tensor) -> torch.Tensor:
+        """hidden_states[0]: what the tower's first encoder layer reads."""
+        return tower.embeddings(pixel_values)
+
+    def encoder_layers(self, tower) -> nn.ModuleList:
+        return tower.encoder.layers
+
+    def run_layer(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return block(x, None)
+
+    def finish(self, tower, x: torch.Tensor, layer: int) -> torch.Tensor:
+        """The feature from the state after the feature layer (identity but for InternViT's -1)."""
+        return x
+
+    def feature_layer(self, tower, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
+        """vision_features(tower(pixel_values, output_hidden_states=True), layer), bit for bit, running the
+        embeddings and the encoder layers up to `layer` only: the later layers never run and no other layer's
+        state is kept. Every parameter is read inside its own module's call (ZeRO-3 gathers a module's
+        parameters then); each layer is called as a module, so gradient checkpointing still applies."""
+        layers = self.encoder_layers(tower)
+        x = self.embed(tower, pixel_values)
+        for block in layers[:layer % (len(layers) + 1)]:
+            x = self.run_layer(block, x)
+        return self.finish(tower, x, layer)
 
     def text_embeds(self, tower, input_ids, attention_mask) -> torch.Tensor:
         """(B, L) prompt ids -> (B, C) pooled, projected text features."""
@@ -123,6 +151,9 @@ class ClipFamily(TowerFamily):
 
     def text_embeds(self, tower, input_ids, attention_mask):
         return tower(input_ids=input_ids, attention_mask=attention_mask).text_embeds
+
+    def embed(self, tower, pixel_values):
+        return tower.pre_layrnorm(tower.embeddings(pixel_values))
 
 
 class SiglipFamily(TowerFamily):
@@ -176,6 +207,18 @@ class InternVLFamily(ClipFamily):
     def vision_features(self, outputs, layer):
         # as InternVL: the last layer is last_hidden_state (after the tower's final norm, when it has one)
         return outputs.last_hidden_state if layer == -1 else outputs.hidden_states[layer]
+
+    def embed(self, tower, pixel_values):
+        return tower.embeddings(pixel_values)
+
+    def encoder_layers(self, tower):
+        return tower.encoder.layer
+
+    def run_layer(self, block, x):
+        return block(x)
+
+    def finish(self, tower, x, layer):
+        return tower.layernorm(x) if layer == -1 else x      # nn.Identity with use_mean_pooling
 
 
 FAMILIES: dict[str, TowerFamily] = {f.name: f for f in (ClipFamily(), SiglipFamily(), InternVLFamily())}

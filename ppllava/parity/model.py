@@ -173,6 +173,19 @@ def _first_list(module: nn.Module) -> tuple[str, nn.ModuleList] | None:
     return None
 
 
+def _feature_index(model, layers) -> int:
+    """How many vision layers run: those up to config.vision_feature_layer (TowerFamily.feature_layer)."""
+    return model.config.vision_feature_layer % (len(layers) + 1)
+
+
+def unused_vision_layers(model) -> set[str]:
+    """Names of the vision layers after the feature layer: they never run (a golden recorded before the tower
+    stopped at its feature layer holds them; their outputs reached nothing)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    layers = _first_list(model.vision_tower)
+    return set() if layers is None else {names[id(m)] for m in layers[1][_feature_index(model, layers[1]):]}
+
+
 def taps(model) -> list[tuple[str, nn.Module, str | None]]:
     """(name, module, sampling group) of each module hooked, found by structure (any tower, any LLM)."""
     names = {id(m): n for n, m in model.named_modules()}
@@ -182,8 +195,8 @@ def taps(model) -> list[tuple[str, nn.Module, str | None]]:
     if embeddings is not None:
         out.append((names[id(embeddings)], embeddings, "vision"))
     layers = _first_list(tower)
-    if layers is not None:
-        out += [(names[id(m)], m, "vision") for m in layers[1]]
+    if layers is not None:                   # the layers up to the feature layer: the tower stops there
+        out += [(names[id(m)], m, "vision") for m in layers[1][:_feature_index(model, layers[1])]]
     if getattr(model, "btadapter", None) is not None:
         out.append(("btadapter", model.btadapter, "vision"))
     pooling = model.prompt_pooling
@@ -259,7 +272,7 @@ class Step:
     shape: list
     chained: Comparison
     alone: Comparison | None = None  # None: nothing to re-run (integer inputs), or not re-run
-    status: str = ""                 # ok | FIRST | inherited | new | differs (grads) | input | missing
+    status: str = ""                 # ok | FIRST | inherited | new | differs (grads) | input | missing | unused
     note: str = ""
 
     def as_dict(self) -> dict:
@@ -507,9 +520,14 @@ def run_once(pipe, frames, inputs, dtype: str, full: bool, max_new_tokens: int, 
             run.tensors.update({f"{dtype}/{k}": v for k, v in tensors.items()})
         return run
     run.steps = tap.steps
-    met = {s.name for s in run.steps}
+    met, unused = {s.name for s in run.steps}, unused_vision_layers(pipe.model)
     for e in entries:                                          # golden modules this run never called
-        if e["name"] not in met:
+        if e["name"] in unused:
+            nan = float("nan")
+            run.steps.append(Step(e["name"], e["kind"], dtype, e["shape"], Comparison(nan, nan, nan, nan, nan, ()),
+                                  status="unused", note="after the vision feature layer: no longer run (its output "
+                                                        "reached nothing)"))
+        elif e["name"] not in met:
             run.steps.append(Step(e["name"], e["kind"], dtype, e["shape"], _fail("not run here"), status="missing"))
     if golden.get("grads"):
         _, tensors = _grads(pipe, pixel_values, inputs, full)
@@ -637,6 +655,8 @@ def _classify(steps: list[Step]) -> str | None:
         if s.status == "missing":
             first = first or s.name
             continue
+        if s.status == "unused":
+            continue
         if s.chained.ok:
             s.status = "ok"
         elif first is None:
@@ -710,7 +730,7 @@ def format_report(report: ModelReport, path: str | Path) -> str:
     for s in report.steps:
         c = s.chained
         result = {"ok": "ok", "FIRST": "FAIL  <- first", "inherited": "FAIL  inherited", "new": "FAIL  new error",
-                  "missing": "FAIL  missing", "differs": "FAIL"}.get(s.status, "ok" if c.ok else "FAIL")
+                  "missing": "FAIL  missing", "differs": "FAIL", "unused": "skipped"}.get(s.status, "ok" if c.ok else "FAIL")
         body.append((s.name, s.dtype, "x".join(map(str, s.shape)), f"{c.cosine:.6f}", f"{c.max_abs:.2e}",
                      f"{c.mean_rel:.2e}", result, _cell(s.alone), "; ".join(c.failures + ((s.note,) if s.note else ()))))
     widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
