@@ -397,6 +397,17 @@ def test_lmms_adapter_answers_generate_until_requests_cut_at_until(bed, talk):
     answers = adapter.generate_until(requests)
     # by hand: each answer up to where the first of its until strings starts
     assert answers == [whole[:whole.index(cut)], image_answer, framed[:framed.index(early)], framed]
+    # --batch_size 3: the same answers, requests of one token limit through the LLM together; an unreadable video
+    # inside a batch is "" and the batch goes on
+    batched = Adapter(model=str(talk["model"]), frames="4", max_new_tokens="3", batch_size="3")
+    batched.task_dict = {"v": {"test": docs["v"]["test"] + [{"video": str(bed["root"] / "missing.mp4")}]}}
+    sizes = []
+    real = batched.pipeline.generate_batch
+    batched.pipeline.generate_batch = lambda rows, *a, **k: sizes.append(len(rows)) or real(rows, *a, **k)
+    broken = Request(question, {"max_new_tokens": 6, "until": ["never in it"]}, lambda doc: [doc["video"]], 3, "v",
+                     "test")
+    assert batched.generate_until(requests[:2] + [broken] + requests[2:]) == answers[:2] + [""] + answers[2:]
+    assert sizes == [1, 1, 2] and len(batched.failures) == 1 and "missing.mp4" in batched.failures[0][1]
     visual = adapter._visual(frames)
     assert visual.is_video and len(visual.indices) == 4                   # 10 frames sampled down to --frames
     assert [int(f[0, 0, 0]) for f in visual.frames] == [10, 30, 60, 80]   # segment centres of 10: 1, 3, 6, 8

@@ -11,10 +11,11 @@ requests by `rank` and `world_size`.
 
 What it does as `ppllava eval` does: a request whose video (or frame) cannot be read, or that fails on the
 device, is answered "" (counted as wrong by the task's metric), named in a warning, and the run goes on; the
-end of generate_until lists them all. `--batch_size N` (N > 1, or auto): the pipeline has no batched
-generation yet, so the requests are answered one at a time and the log says so once; the answers are those
-of batch size 1. (A user passing one command line to many models expects the run and its numbers, not a
-refusal: batching changes only the speed.) lmms-eval itself exits 0 after a failed evaluation:
+end of generate_until lists them all. `--batch_size N` (or auto:N): N requests at a time go through the LLM
+together (Pipeline.generate_batch: left padded, each row stopping on its own), the greedy answers of batch
+size 1 token for token; a batch that fails is answered again one request at a time, so that an error names
+its request. `auto` (lmms-eval's memory probe) is not measured here: batches of 1, said once in the log.
+lmms-eval itself exits 0 after a failed evaluation:
 `python -m ppllava.evaluate.lmms_run` runs the same command and exits 1 then (lmms_run.py).
 """
 
@@ -71,9 +72,10 @@ class Adapter:
         self.frames, self.max_new_tokens = self.pipeline.frames, int(max_new_tokens)
         self._rank = int(os.environ.get("RANK", 0))
         self._world_size = int(os.environ.get("WORLD_SIZE", 1))
-        if self.batch_size != 1:
-            self._warn(f"ppllava: batch_size {self.batch_size}: PPLLaVA has no batched generation yet, so the requests "
-                       f"are answered one at a time (the answers are those of batch_size 1)")
+        if self.batch_size == "auto":
+            self._warn("ppllava: batch_size auto: the memory probe is not run here, requests go in batches of 1 "
+                       "(give --batch_size N for N at a time)")
+        self.chunk = 1 if self.batch_size == "auto" else int(str(self.batch_size).removeprefix("auto:"))
 
     def _warn(self, message: str) -> None:
         """A line for the user (lmms_model.py sends it to lmms-eval's own log)."""
@@ -110,27 +112,50 @@ class Adapter:
         return self.pipeline.from_frames(frames.to(torch.uint8).contiguous(), is_video=len(frames) > 1)
 
     def generate_until(self, requests) -> list[str]:
-        """One answer per request, in their order, one at a time (see the module's docstring for batch_size)."""
-        out, failed = [], []
-        for request in requests:
-            context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
-            try:
-                out.append(self._answer(context, gen_kwargs, doc_to_visual(self.task_dict[task][split][doc_id])))
-            except FAILURES as error:
-                what, why = f"{task} doc {doc_id}", f"{type(error).__name__}: {error}".splitlines()[0]
-                self._warn(f"ppllava: {what}: {why}; answered \"\" (counted as wrong), the run goes on")
-                failed.append((what, why))
-                out.append("")
+        """One answer per request, in their order, `batch_size` requests through the LLM at a time."""
+        out, failed = [None] * len(requests), []
+
+        def fail(i, error):
+            _, _, _, doc_id, task, _ = requests[i].args
+            what, why = f"{task} doc {doc_id}", f"{type(error).__name__}: {error}".splitlines()[0]
+            self._warn(f"ppllava: {what}: {why}; answered \"\" (counted as wrong), the run goes on")
+            failed.append((what, why))
+            out[i] = ""
+
+        for start in range(0, len(requests), self.chunk):
+            ready = []                                      # (index, visual, context, gen_kwargs) read without error
+            for i in range(start, min(start + self.chunk, len(requests))):
+                context, gen_kwargs, doc_to_visual, doc_id, task, split = requests[i].args
+                try:
+                    ready.append((i, self._visual(doc_to_visual(self.task_dict[task][split][doc_id])), context,
+                                  gen_kwargs))
+                except FAILURES as error:
+                    fail(i, error)
+            for tokens in dict.fromkeys(self._tokens(g) for *_, g in ready):     # rows of one length limit together
+                rows = [r for r in ready if self._tokens(r[3]) == tokens]
+                try:
+                    answers = self.pipeline.ask_batch([(v, c) for _, v, c, _ in rows], max_new_tokens=tokens)
+                except FAILURES:
+                    answers = None                          # answered again one at a time: each error names its row
+                for k, (i, visual, context, gen_kwargs) in enumerate(rows):
+                    try:
+                        text = answers[k].text if answers is not None else \
+                            self.pipeline.ask(visual, context, max_new_tokens=tokens).text
+                        out[i] = self._cut(text, gen_kwargs)
+                    except FAILURES as error:
+                        fail(i, error)
         if failed:
             self._warn(f"ppllava: {len(failed)} of {len(requests)} requests failed and count as wrong: "
                        + "; ".join(f"{what} ({why})" for what, why in failed))
         self.failures += failed
         return out
 
-    def _answer(self, context: str, gen_kwargs: dict, visuals) -> str:
-        visual = self._visual(visuals)
-        tokens = int(gen_kwargs.get("max_new_tokens", self.max_new_tokens))
-        text = self.pipeline.ask(visual, context, max_new_tokens=tokens).text
+    def _tokens(self, gen_kwargs: dict) -> int:
+        return int(gen_kwargs.get("max_new_tokens", self.max_new_tokens))
+
+    @staticmethod
+    def _cut(text: str, gen_kwargs: dict) -> str:
+        """The answer up to the first of the task's `until` strings."""
         until = gen_kwargs.get("until") or []
         for stop in [until] if isinstance(until, str) else until:
             if stop and stop in text:
