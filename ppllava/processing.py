@@ -28,6 +28,7 @@ import torch
 from transformers import AutoProcessor
 
 from .conversation import pooling_prompt
+from .model.anyres import grid_shape
 from .model.checkpoint import PROMPT_TOKENIZER_DIR, load_tokenizers, read_config
 from .model.config import PPLLaVAConfig
 from .model.context import encode_prompts
@@ -98,9 +99,20 @@ class PPLLaVAProcessor:
         return self._inputs(self.encoder.expand(ids, self.runs(media)), media, prompt)
 
     # -- the pieces every path uses ------------------------------------------------------------------------
-    def runs(self, media: list[tuple[torch.Tensor | int, bool]]) -> list[list[int]]:
-        """Each medium's placeholder run: media are (frames or their number, is_video)."""
-        return [self.config.placeholders(f if isinstance(f, int) else len(f), v) for f, v in media]
+    def medium(self, frames: torch.Tensor | int, is_video: bool, image_size=None) -> tuple[int, bool, tuple | None]:
+        """(frames or crops the model reads, is_video, image size): a single image of a model with
+        image_grid_pinpoints is cut into LLaVA-NeXT's anyres crops (Preprocessor.anyres)."""
+        if isinstance(frames, int):
+            return frames, is_video, image_size
+        if not is_video and len(frames) == 1 and self.config.image_grid_pinpoints:
+            size = tuple(int(v) for v in frames.shape[1:3])
+            rows, cols = grid_shape(size, self.config.image_grid_pinpoints, self.preprocess.size)
+            return 1 + rows * cols, False, size
+        return len(frames), is_video, None
+
+    def runs(self, media: list[tuple]) -> list[list[int]]:
+        """Each medium's placeholder run: media are (frames or their number, is_video[, image size])."""
+        return [self.config.placeholders(*self.medium(*m)) for m in media]
 
     def prompt_inputs(self, text: str) -> dict[str, torch.Tensor]:
         """The prompt tower's ids for `text` (its length: the extended one; SigLIP padded to it)."""
@@ -114,12 +126,21 @@ class PPLLaVAProcessor:
         ids = self.encoder.encode(messages, self.runs(media), add_generation_prompt=add_generation_prompt).input_ids
         return _batch_of_one(ids)
 
-    @staticmethod
-    def layout(media: list[tuple[torch.Tensor | int, bool]]) -> dict[str, torch.Tensor]:
-        """Which frames belong to which medium, all of one sample."""
-        return {"visual_frames": torch.tensor([f if isinstance(f, int) else len(f) for f, _ in media]),
-                "visual_is_video": torch.tensor([v for _, v in media]),
-                "visual_sample": torch.zeros(len(media), dtype=torch.long)}
+    def layout(self, media: list[tuple]) -> dict[str, torch.Tensor]:
+        """Which frames belong to which medium, all of one sample (and the image size of anyres images)."""
+        items = [self.medium(*m) for m in media]
+        out = {"visual_frames": torch.tensor([n for n, _, _ in items]),
+               "visual_is_video": torch.tensor([v for _, v, _ in items]),
+               "visual_sample": torch.zeros(len(items), dtype=torch.long)}
+        if any(size for _, _, size in items):
+            out["visual_image_size"] = torch.tensor([size or (0, 0) for _, _, size in items])
+        return out
+
+    def pixels(self, frames: torch.Tensor, is_video: bool) -> torch.Tensor:
+        """One medium's pixel values: its frames preprocessed, or an anyres image's crops."""
+        if self.medium(frames, is_video)[2] is not None:
+            return self.preprocess.anyres(frames, self.config.image_grid_pinpoints)
+        return self.preprocess(frames)
 
     def encode(self, messages, media: list[tuple[torch.Tensor, bool]], prompt: str,
                add_generation_prompt: bool = True) -> dict:
@@ -130,7 +151,7 @@ class PPLLaVAProcessor:
         out = _batch_of_one(ids)
         if not media:
             return out
-        pixels = torch.cat([self.preprocess(frames) for frames, _ in media])
+        pixels = torch.cat([self.pixels(frames, is_video) for frames, is_video in media])
         return {**out, "pixel_values": pixels, **self.layout(media), **self.prompt_inputs(prompt)}
 
 

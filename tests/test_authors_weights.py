@@ -228,3 +228,46 @@ def test_parity_records_and_checks_a_converted_authors_folder(bed, tmp_path):
     after = [s for s in report.steps if s.dtype == "float32"]
     first = next(i for i, s in enumerate(after) if s.name == report.first["float32"])
     assert all(s.status in ("ok", "inherited") for s in after[first + 1:] if s.kind != "input")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_infer_on_an_image_reads_it_as_their_anyres_crops(bed, family, tmp_path, capsys):
+    """`ppllava infer` on an image: cut into LLaVA-NeXT's anyres crops (Preprocessor.anyres, checked against
+    transformers' image processor in test_preprocess.py), laid out as their encode_image lays them; the answer is
+    greedy decoding of their forward on those crops."""
+    from PIL import Image
+
+    from ppllava.cli import main
+    from ppllava.infer import Pipeline
+
+    path = tmp_path / "wide.png"
+    Image.fromarray(torch.randint(0, 256, (300, 700, 3), dtype=torch.uint8,
+                                  generator=torch.Generator().manual_seed(5)).numpy()).save(path)
+    converted, oracle = bed[family]["converted"], bed[family]["oracle"]
+    capsys.readouterr()
+    assert main(["infer", "--model", str(converted), "--video", str(path), "--prompt", QUESTION,
+                 "--max-new-tokens", "4", "--device", "cpu", "--dtype", "float32", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    pipe = Pipeline.load(converted, device="cpu", dtype=torch.float32)
+    visual = pipe.read(path)
+    config = pipe.model.config
+    rows, cols = anyres.grid_shape((300, 700), config.image_grid_pinpoints, config.vision_config.image_size)
+    assert visual.image_size == (300, 700) and visual.patches.shape[0] == 1 + rows * cols > 2
+    assert answer["visual_tokens"] == config.visual_tokens(1 + rows * cols, False, (300, 700))
+    crops = pipe.processor.pixels(visual.frames, False).double()
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    inputs = pipe.inputs(visual, messages)
+    ids = inputs["input_ids"][0]
+    keep = ~pipe.model.placeholder_mask(ids)
+    first = int((~keep).nonzero()[0])
+    theirs = ids[:first].tolist() + [config.image_token_id] + ids[first:][keep[first:]].tolist()
+    mask = inputs["prompt_attention_mask"][0] if family == "vicuna" else None
+    new = []
+    for _ in range(4):
+        logits = oracle.logits(theirs + new, [("image", crops, (300, 700))], inputs["prompt_input_ids"][0], mask)
+        new.append(int(logits[-1].argmax()))
+        if new[-1] in pipe.stop_ids:
+            new.pop()
+            break
+    assert answer["answer"] == pipe.tokenizer.decode(new, skip_special_tokens=True).strip()

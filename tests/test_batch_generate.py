@@ -21,7 +21,8 @@ def bed(tmp_path_factory):
 def test_batched_answers_equal_one_at_a_time(bed, monkeypatch):
     pipe = bed["pipe"]
     encoded = []
-    monkeypatch.setattr(pipe, "encode_frames", lambda frames, f=pipe.encode_frames: encoded.append(len(frames)) or f(frames))
+    monkeypatch.setattr(pipe, "encode_frames",
+                        lambda frames, *more, f=pipe.encode_frames: encoded.append(len(frames)) or f(frames, *more))
     video_a, video_b = (pipe.read(v) for v in bed["videos"])
     image = pipe.from_frames(torch.randint(0, 255, (1, 40, 56, 3), dtype=torch.uint8), is_video=False, name="img")
     questions = [(video_a, "what happens in the video"), (None, "describe the cat"), (image, "what is on the mat"),

@@ -40,8 +40,9 @@ class Visual:
     is_video: bool
     indices: list[int]                  # the sampled frame indices (images: [0])
     frames: torch.Tensor                # uint8 (T, H, W, 3) as decoded, for pictures
-    patches: torch.Tensor               # (T, g, g, Dv) vision features on the model's device
+    patches: torch.Tensor               # (T, g, g, Dv) vision features on the model's device (anyres: of each crop)
     seconds: dict = field(default_factory=dict)
+    image_size: tuple[int, int] | None = None   # (H, W) of an image the model reads as LLaVA-NeXT's anyres crops
 
 
 @dataclass
@@ -150,25 +151,29 @@ class Pipeline:
                 span = frame_window(clip.num_frames, clip.fps, *window, path=path) if window != (None, None) else None
                 pixels, indices = read_clip(clip, frames or self.frames, train=False, window=span)
         decoded = time.perf_counter()
-        patches = self.encode_frames(pixels)
+        patches = self.encode_frames(pixels, is_video)
         synchronize(self.device)
         return Visual(path, is_video, indices, pixels, patches,
-                      {"decode": decoded - start, "vision": time.perf_counter() - decoded})
+                      {"decode": decoded - start, "vision": time.perf_counter() - decoded},
+                      self.processor.medium(pixels, is_video)[2])
 
     def from_frames(self, frames: torch.Tensor, is_video: bool, name: str = "<frames>") -> Visual:
         """A Visual from frames already decoded: uint8 (T, H, W, 3)."""
         if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"{name}: expected uint8 frames (T, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
         start = time.perf_counter()
-        patches = self.encode_frames(frames)
+        patches = self.encode_frames(frames, is_video)
         synchronize(self.device)
-        return Visual(name, is_video, list(range(len(frames))), frames, patches, {"vision": time.perf_counter() - start})
+        return Visual(name, is_video, list(range(len(frames))), frames, patches, {"vision": time.perf_counter() - start},
+                      self.processor.medium(frames, is_video)[2])
 
     @torch.no_grad()
-    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 (T, H, W, 3) -> the vision tower's (T, g, g, Dv) patch features."""
-        pixel_values = self.preprocess(frames.to(self.device))
-        return self.model.vision_patches(pixel_values.to(self.model.dtype))
+    def encode_frames(self, frames: torch.Tensor, is_video: bool = True) -> torch.Tensor:
+        """uint8 (T, H, W, 3) -> the vision tower's (T, g, g, Dv) patch features; a single image of a model with
+        anyres crops -> (1 + rows*cols, g, g, Dv), each crop through the tower on its own."""
+        pixel_values = self.processor.pixels(frames.to(self.device), is_video)
+        alone = [1] * len(pixel_values) if self.processor.medium(frames, is_video)[2] is not None else None
+        return self.model.vision_patches(pixel_values.to(self.model.dtype), alone)
 
     # -- questions ---------------------------------------------------------------------------------
     def inputs(self, visual: Visual | None, messages: list[dict], pooling_text: str | None = None) -> dict:
@@ -176,7 +181,7 @@ class Pipeline:
 
         The prompt tower reads the user questions so far, or `pooling_text` when given (evaluation passes
         the question and its options without the answer-format instruction)."""
-        media = [(len(visual.indices), visual.is_video)] if visual is not None else []
+        media = [(visual.patches.shape[0], visual.is_video, visual.image_size)] if visual is not None else []
         out = self.processor.text_inputs(messages, media)
         if visual is not None:
             out |= self.processor.layout(media) | self.processor.prompt_inputs(pooling_text or
@@ -254,6 +259,8 @@ class Pipeline:
                       "visual_frames": torch.cat([rows[i]["visual_frames"] for i in with_visual]),
                       "visual_is_video": torch.cat([rows[i]["visual_is_video"] for i in with_visual]),
                       "visual_sample": torch.cat([torch.full_like(rows[i]["visual_sample"], i) for i in with_visual]),
+                      "visual_image_size": torch.cat([rows[i].get("visual_image_size", torch.zeros(
+                          len(rows[i]["visual_frames"]), 2, dtype=torch.long, device=self.device)) for i in with_visual]),
                       "prompt_input_ids": prompt_ids, "prompt_attention_mask": prompt_mask}
         start = time.perf_counter()
         out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
