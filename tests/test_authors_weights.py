@@ -271,3 +271,18 @@ def test_infer_on_an_image_reads_it_as_their_anyres_crops(bed, family, tmp_path,
             new.pop()
             break
     assert answer["answer"] == pipe.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def test_a_release_missing_a_tensor_it_needs_is_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    paths = authors_layout.write_authors_checkpoint("qwen", tmp_path / "theirs")
+    index = json.loads((paths["model"] / "model.safetensors.index.json").read_text())
+    name = "multi_modal_projector.logit_scale"
+    shard = paths["model"] / index["weight_map"].pop(name)
+    state = load_file(shard)
+    del state[name]
+    save_file(state, shard, metadata={"format": "pt"})
+    (paths["model"] / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(UnmappedTensor, match="lacks multi_modal_projector.logit_scale"):
+        convert(paths["model"], paths["text_tower"], tmp_path / "out")

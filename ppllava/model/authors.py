@@ -135,6 +135,10 @@ def authors_config(theirs: dict, tower, tensors: dict[str, torch.Tensor]) -> PPL
     if theirs.get("pooling") != "ppllava":
         raise ValueError(f"config.json: pooling {theirs.get('pooling')!r}; only their prompt-guided pooling "
                          f"('ppllava') converts")
+    missing = [k for k in (FROZEN, TRAINED, SCALE.prefix) if k not in tensors]
+    if missing:
+        raise UnmappedTensor(f"the checkpoint has their prompt tower but lacks {', '.join(missing)}: it is not a "
+                             f"complete release folder (a shard missing from model.safetensors.index.json?)")
     family = family_of_dual(tower.model_type)
     vision = {k: v for k, v in theirs["vision_config"].items() if k not in ("depth", "max_T")}
     if FAMILIES[family.name].vision_model_type != vision.get("model_type"):
@@ -150,7 +154,7 @@ def authors_config(theirs: dict, tower, tensors: dict[str, torch.Tensor]) -> PPL
     if bool(theirs.get("btadapter")) != bool(adapter):
         raise ValueError(f"config.json: btadapter {theirs.get('btadapter')} but the checkpoint holds "
                          f"{len(adapter)} BT-Adapter layers")
-    scale = tensors["multi_modal_projector.logit_scale"].float()
+    scale = tensors[SCALE.prefix].float()
     max_frames = tensors["vision_tower.vision_model.btadapter_time_embed.weight"].shape[0] if adapter else 64
     video_kernel = triple(theirs.get("pooling_kernel"), "pooling_kernel")
     image_kernel = triple(theirs.get("image_pooling_kernel"), "image_pooling_kernel") or video_kernel
