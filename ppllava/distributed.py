@@ -60,6 +60,12 @@ class Group:
             dist.barrier()
 
 
+# what start() put in os.environ for a group of one: stop() removes it, so that a process that trained in-process
+# (a test, a notebook) does not hand RANK and MASTER_PORT to the programs it starts next, which would then all
+# rendezvous on that one port
+_ALONE_ENV: dict[str, str] = {}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -74,8 +80,9 @@ def start(deepspeed: bool = True, device: str | None = None) -> Group:
     the device itself ("cuda:1")."""
     alone = "RANK" not in os.environ
     if alone:                                                  # a plain `ppllava train`: a group of one
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+        _ALONE_ENV.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
+        os.environ.update(_ALONE_ENV)          # DeepSpeed reads them; stop() takes them away again
     rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     device_type = (device or os.environ.get("PPLLAVA_DEVICE") or current_device_type()).partition(":")[0]
     if alone and device:
@@ -105,3 +112,7 @@ def stop(barrier: bool = True) -> None:
         if barrier:
             dist.barrier()
         dist.destroy_process_group()
+    for key, value in _ALONE_ENV.items():
+        if os.environ.get(key) == value:
+            del os.environ[key]
+    _ALONE_ENV.clear()

@@ -457,3 +457,16 @@ def test_save_weights_accepts_views_of_one_flat_buffer(tmp_path):
     loaded = load_model(tmp_path)
     for k, v in loaded.state_dict().items():
         assert torch.equal(v, state[k].float()), k
+
+
+def test_a_group_of_one_leaves_no_torchrun_variables_behind(monkeypatch):
+    """A run in this process (a test, a notebook) must not hand RANK / MASTER_PORT to the programs started after
+    it: they would take it for torchrun's rendezvous and race for that one port."""
+    from ppllava import distributed
+
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    group = distributed.start(deepspeed=False, device="cpu")
+    assert group.world_size == 1 and os.environ["RANK"] == "0"
+    distributed.stop()
+    assert not {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"} & set(os.environ)

@@ -40,8 +40,11 @@ DEADLINE = 900          # s for any one run: generous on 2 busy cores (a run tak
 
 
 def env() -> dict:
-    """PYTHONPATH: scripts run by path (tests/train_worker.py) import this checkout, not an installed one."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": str(ROOT / "build" / "torch_extensions"),
+    """PYTHONPATH: scripts run by path (tests/train_worker.py) import this checkout, not an installed one. No
+    torchrun variables: a run is a group of one or torchrun's own, never a rendezvous someone else left behind."""
+    inherited = {k: v for k, v in os.environ.items()
+                 if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    return {**inherited, "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": str(ROOT / "build" / "torch_extensions"),
             "PYTHONWARNINGS": "ignore::FutureWarning",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
