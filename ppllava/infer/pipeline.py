@@ -181,7 +181,7 @@ class Pipeline:
 
         The prompt tower reads the user questions so far, or `pooling_text` when given (evaluation passes
         the question and its options without the answer-format instruction)."""
-        media = [(visual.patches.shape[0], visual.is_video, visual.image_size)] if visual is not None else []
+        media = [self.processor.medium(visual.frames, visual.is_video)] if visual is not None else []
         out = self.processor.text_inputs(messages, media)
         if visual is not None:
             out |= self.processor.layout(media) | self.processor.prompt_inputs(pooling_text or

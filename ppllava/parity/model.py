@@ -450,8 +450,9 @@ def _on(pipe, inputs):
     return {k: v.to(pipe.device) for k, v in inputs.items()}
 
 
-def _pixel_values(pipe, frames):
-    return pipe.preprocess(frames.to(pipe.device)).to(pipe.model.dtype)
+def _pixel_values(pipe, frames, is_video: bool):
+    """As the pipeline feeds them: the frames preprocessed, or an image's anyres crops."""
+    return pipe.processor.pixels(frames.to(pipe.device), is_video).to(pipe.model.dtype)
 
 
 def _answer(pipe, pixel_values, inputs, max_new_tokens: int) -> list[int]:
@@ -506,7 +507,7 @@ def run_once(pipe, frames, inputs, dtype: str, full: bool, max_new_tokens: int, 
     tap = Tap(model, sampling, dtype, None if golden is None else (entries, golden_tensors))
     run = Run()
     with torch.no_grad():
-        pixel_values = _pixel_values(pipe, frames)
+        pixel_values = _pixel_values(pipe, frames, bool(inputs["visual_is_video"][0]))
         tap.seen("input/pixel_values", "input", "vision", [], pixel_values, None)
         with tap.installed():
             model(pixel_values=pixel_values, **_on(pipe, inputs), use_cache=False)
