@@ -184,9 +184,10 @@ class PPLLaVAConfig(PreTrainedConfig):
     def visual_tokens(self, frames: int, is_video: bool, image_size: tuple[int, int] | None = None) -> int:
         """Tokens the LLM receives for one item of `frames` frames (or crops, for an image; an anyres image
         of 1 + rows*cols crops also needs its (height, width))."""
-        if self.anyres_grid(frames, is_video, image_size) is not None:
-            per_side = self.visual_tokens(1, False) - int(self.appends_newline(1, False))
-            return anyres.tokens(self.anyres_grid(frames, is_video, image_size), math.isqrt(per_side), image_size)
+        grid = self.anyres_grid(frames, is_video, image_size)
+        if grid is not None:                         # each crop pools to a square of side tokens per side
+            side = math.isqrt(self.visual_tokens(1, False) - int(self.appends_newline(1, False)))
+            return anyres.tokens(grid, side, image_size)
         newline = int(self.appends_newline(frames, is_video))
         if self.pooling_mode == "none":
             return frames * self.patch_grid ** 2 + newline

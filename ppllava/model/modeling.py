@@ -148,7 +148,7 @@ class PPLLaVAForConditionalGeneration(PPLLaVAPreTrainedModel):
             items = [i for i, f in enumerate(frames) if f == t]
             index = torch.cat([torch.arange(starts[i], starts[i] + t) for i in items]).to(pixel_values.device)
             state = self.btadapter(self.vision_tower, pixel_values.index_select(0, index), t,
-                                                self.config.vision_feature_layer)
+                                   self.config.vision_feature_layer)
             for j, i in enumerate(items):
                 out[i] = state[j * t:(j + 1) * t]
         return torch.cat(out)

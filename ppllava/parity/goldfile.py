@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import backends
-from backends.device import device_facts
+from backends.device import device_facts, dtype_from_name, dtype_name
 
 FORMAT = 2
 HEADER_KEY = "ppllava_parity"
@@ -65,6 +65,17 @@ def write(path: str | Path, header: dict, tensors: dict[str, torch.Tensor]) -> i
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path.stat().st_size
+
+
+def chosen_dtypes(recorded, dtypes, what: str) -> list[str]:
+    """The dtype names to check: `dtypes` (any spelling) or all that were recorded; one missing is an error
+    naming what to record."""
+    names = [dtype_name(dtype_from_name(d)) for d in dtypes] if dtypes else list(recorded)
+    missing = [n for n in names if n not in recorded]
+    if missing:
+        raise ValueError(f"golden file has no {', '.join(missing)} {what} (it holds {', '.join(recorded)}); "
+                         f"record {'them' if what.endswith('s') else 'it'} with --dtype {','.join(missing)}")
+    return names
 
 
 def _is_pickle(path: Path) -> bool:

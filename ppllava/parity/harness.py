@@ -75,11 +75,7 @@ class Row:
 
 def check(golden: dict, device: torch.device, dtypes=None, cases: list[Case] | None = None) -> list[Row]:
     recorded = golden["results"]
-    names = [dtype_name(dtype_from_name(d)) for d in dtypes] if dtypes else list(recorded)
-    missing = [n for n in names if n not in recorded]
-    if missing:
-        raise ValueError(f"golden file has no {', '.join(missing)} results (it holds {', '.join(recorded)}); "
-                         f"record them with --dtype {','.join(missing)}")
+    names = goldfile.chosen_dtypes(recorded, dtypes, "results")
     rows = []
     for name in names:
         dtype = dtype_from_name(name)

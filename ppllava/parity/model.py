@@ -672,11 +672,7 @@ def _classify(steps: list[Step]) -> str | None:
 def check_model(model_dir, golden_path, device, dtypes=None, video=None, reader: str = "auto") -> ModelReport:
     header, tensors = goldfile.read(golden_path, kind="model")
     recorded = header["runs"]
-    names = [dtype_name(dtype_from_name(d)) for d in dtypes] if dtypes else list(recorded)
-    missing = [n for n in names if n not in recorded]
-    if missing:
-        raise UserError(f"golden file has no {', '.join(missing)} run (it holds {', '.join(recorded)}); "
-                        f"record it with --dtype {','.join(missing)}")
+    names = goldfile.chosen_dtypes(recorded, dtypes, "run")
     frames = tensors["input/frames"]
     inputs = {k: tensors[f"input/{k}"] for k in header["inputs"]}
     info = header["video"]
