@@ -7,6 +7,8 @@ import torch
 
 from backends.memory import _CpuPeak, peak_meter
 from ppllava.bench.e2e import MODES, bench_e2e, format_report, model_config
+from ppllava.bench.e2e import synthetic_frames
+from ppllava.bench.sweep import answer_all, bench_pipeline, bench_sweep, format_sweep
 from ppllava.cli import main
 
 TINY_E2E = ["bench", "e2e", "--device", "cpu", "--model-size", "tiny", "--frames", "4", "--new-tokens", "2",
@@ -99,7 +101,90 @@ def test_bench_e2e_table_and_a_config_of_the_callers(capsys):
     (["--model-size", "/no/such.yaml"], "--model-size /no/such.yaml does not exist"),
     (["--resolution", "64"], "--resolution: expected WIDTHxHEIGHT"),
     (["--dtype", "fp8"], "unknown dtype 'fp8'"),
+    (["--frames", "32,x"], "--frames: expected comma-separated positive integers, got '32,x'"),
+    (["--batch-size", "1,0"], "--batch-size: expected comma-separated positive integers, got '1,0'"),
+    (["--questions", "0"], "--questions: must be positive, got 0"),
+    (["--videos", "-1"], "--videos: must be positive, got -1"),
+    (["--frames", "4", "--max-visual-tokens", "0"], "video_max_tokens must be a positive int, got 0"),
 ])
 def test_bench_e2e_bad_arguments_exit_2(capsys, args, message):
     assert main(["bench", "e2e", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_sweep_reports_every_pair_at_the_budget_and_its_figures_agree(capsys):
+    budget = {"max_visual_tokens": 64, "pooled_size": None}
+    report = bench_sweep(torch.device("cpu"), torch.float32, (4, 8), (1, 2), "tiny", questions=2, videos=1,
+                         new_tokens=1, repeats=1, resolution=(48, 48), text_tokens=3, budget=budget)
+    rows = report["rows"]
+    # every (frames, batch) pair, then one question at a time with a vision pass each (2 questions per video)
+    assert [(r["frames"], r["batch_size"], r["shared_vision"]) for r in rows] == [
+        (4, 1, True), (4, 2, True), (8, 1, True), (8, 2, True), (4, 1, False), (8, 1, False)]
+    config = model_config("tiny")
+    config.video_max_tokens = 64
+    assert report["budget"]["video_max_tokens"] == 64
+    # both lengths pool to the budget: 4 frames keep their (2, 3, 3) kernel's 2x8x8 = 128 > 64, so both derive
+    assert [r["visual_tokens"] for r in rows] == [config.visual_tokens(r["frames"], True) for r in rows]
+    assert all(r["visual_tokens"] <= 64 for r in rows)
+    by = {(r["frames"], r["batch_size"], r["shared_vision"]): r for r in rows}
+    for r in rows:
+        (run,) = r["runs_s"]                                # --repeats 1: the figures are that run's
+        assert r["seconds_per_video"] == pytest.approx(run, rel=1e-12)              # one video
+        assert r["questions_per_s"] == pytest.approx(2 / run, rel=1e-12)           # its two questions
+        assert 0 < r["vision_s_per_video"] < r["seconds_per_video"]
+        assert r["vision_s_per_video"] + r["beyond_vision_s_per_video"] == pytest.approx(run, rel=1e-9)
+        base = by[(r["frames"], 1, True)]
+        assert r["questions_per_s_over_batch_1"] == pytest.approx(r["questions_per_s"] / base["questions_per_s"])
+        if r["shared_vision"]:
+            first = by[(4, r["batch_size"], True)]
+            assert r["beyond_vision_over_first_frames"] == pytest.approx(
+                r["beyond_vision_s_per_video"] / first["beyond_vision_s_per_video"])
+        else:
+            assert r["beyond_vision_over_first_frames"] is None
+    target = report["target"]
+    worst = max(r["beyond_vision_over_first_frames"] for r in rows if r["shared_vision"])
+    assert target["beyond_vision_over_first_frames"] == worst
+    assert target["frames_met"] == (worst <= 1.2)
+    assert "batch_met" not in target                        # no batch 8 was run
+    table = format_sweep(report)
+    assert "questions/s" in table and "at most 64 visual tokens" in table and "* one question at a time" in table
+
+
+def test_the_sweep_encodes_each_video_once_while_its_questions_last():
+    config = model_config("tiny")
+    pipe = bench_pipeline(config, torch.device("cpu"), torch.float32, seed=0, frames=2)
+    encode, passes = pipe.from_frames, []
+
+    def counting(frames, is_video, name):
+        passes.append(name)
+        return encode(frames, is_video, name)
+
+    pipe.from_frames = counting
+    videos = [synthetic_frames(2, 48, 48, seed) for seed in (0, 1)]
+    questions = [["what is red?", "where is the cat?", "who cooks?"], ["how many people?", "what plays?", "why?"]]
+    # chunks of 2: (v0 v0) (v0 v1) (v1 v1): video 0 is kept into the second chunk, each is encoded once
+    for batch in (1, 2, 4, 6):
+        passes.clear()
+        answer_all(pipe, videos, questions, batch, new_tokens=2)
+        assert passes == ["video 0", "video 1"], batch
+    passes.clear()
+    answer_all(pipe, videos, questions, 1, new_tokens=2, share=False)     # the reference: a pass per question
+    assert passes == ["video 0"] * 3 + ["video 1"] * 3
+
+
+def test_min_new_tokens_holds_back_every_stop_token_of_a_batch():
+    config = model_config("tiny")
+    pipe = bench_pipeline(config, torch.device("cpu"), torch.float32, seed=0, frames=2)
+    visual = pipe.from_frames(synthetic_frames(2, 48, 48, 3), True)
+    requests = [(visual, "what is red?"), (None, "who cooks?")]
+    free = pipe.ask_batch(requests, max_new_tokens=12)
+    # make the token the first row picks first a stop token: unheld, the rows stop at it (the first at once)
+    stop = free[0].ids[0]
+    where = [a.ids.index(stop) if stop in a.ids else 12 for a in free]
+    pipe.stop_ids = pipe.stop_ids + [stop]
+    stopped = pipe.ask_batch(requests, max_new_tokens=12)
+    held = pipe.ask_batch(requests, max_new_tokens=12, min_new_tokens=12)
+    assert [a.tokens for a in stopped] == where
+    assert [a.tokens for a in held] == [12, 12]
+    for a, b in zip(stopped, held):              # greedy: the same tokens up to where the row stopped, then no stop
+        assert b.ids[:a.tokens] == a.ids and not set(b.ids) & set(pipe.stop_ids)

@@ -1,6 +1,6 @@
-"""`ppllava bench ops|planted|data|e2e`: op speed beside plain-pooling references, what the ops keep of a
-planted answer, the video input path, and
-seconds per video of the whole model with full tokens, average pooling and prompt-guided pooling."""
+"""`ppllava bench ops|planted|data|e2e|flops`: op speed beside plain-pooling references, what the ops keep of a
+planted answer, the video input path, seconds per video of the whole model with full tokens, average pooling and
+prompt-guided pooling (or over frame counts and batch sizes), and FLOPs per video."""
 
 from __future__ import annotations
 
@@ -79,27 +79,40 @@ def add_parser(sub) -> None:
     from ppllava.bench.e2e import DEFAULT_MODEL_SIZE, MODEL_SIZES
 
     e2e = kinds.add_parser(
-        "e2e", help="seconds per video, visual tokens and peak memory: full tokens vs average vs prompt-guided pooling",
-        description="One model (random weights, fixed seed) answers about the same decoded video with pooling_mode "
-                    "'none' (every patch token to the LLM), 'average' (avg_pool3d) and 'prompt' (PPLLaVA). Each run "
-                    "is timed from the decoded uint8 frames in memory (preprocess, vision tower, pooling, projector, "
-                    "LLM) to the first generated token and to --new-tokens greedy tokens; median of --repeats runs "
-                    "after a warm-up per mode. Peak memory comes from one more run per mode: on an accelerator "
-                    "torch.accelerator's peak allocated bytes above those before the run, on the CPU the peak "
-                    "resident-set growth of the process (the output states which). Default --model-size 'narrow' "
-                    "keeps the paper's 24x24 patches per frame with an LLM small enough for a CPU.")
+        "e2e", help="seconds per video, questions per second and peak memory: pooling modes, frame counts, batch sizes",
+        description="One model (random weights, fixed seed), timed from the decoded uint8 frames in memory "
+                    "(preprocess, vision tower, pooling, projector, LLM) to --new-tokens greedy tokens per answer; "
+                    "median of --repeats runs after a warm-up. With one --frames value and nothing below it, the "
+                    "three pooling modes of one video: pooling_mode 'none' (every patch token to the LLM), "
+                    "'average' (avg_pool3d) and 'prompt' (PPLLaVA), to the first token and to the last. With "
+                    "several --frames, several --batch-size values, --questions > 1, --videos or a budget "
+                    "(--max-visual-tokens / --pooled-size): a sweep through the inference pipeline over every "
+                    "(frames, batch size) pair, --questions questions per video answered as `ppllava eval "
+                    "--batch-size` answers them, reporting seconds per video, questions per second, the vision "
+                    "tower's share and the cost beyond it. Peak memory comes from one more run of each: on an "
+                    "accelerator torch.accelerator's peak allocated bytes above those before the run, on the CPU "
+                    "the peak resident-set growth of the process (the output states which). Default --model-size "
+                    "'narrow' keeps the paper's 24x24 patches per frame with an LLM small enough for a CPU.")
     options.add_device(e2e)
     options.add_dtype(e2e)
     e2e.add_argument("--model-size", default=DEFAULT_MODEL_SIZE,
                      help=f"model to time, with random weights: {', '.join(MODEL_SIZES)} (default {DEFAULT_MODEL_SIZE}, "
                           f"sized for a CPU; 'wide' is meant for an accelerator; the output describes the model), a "
                           f"configs/model architecture (e.g. llava-next-7b, the paper's scale) or a .yaml path")
-    e2e.add_argument("--frames", type=int, default=32, help="frames of the video (default 32)")
-    e2e.add_argument("--new-tokens", type=int, default=32, help="tokens generated per video, greedy (default 32)")
-    e2e.add_argument("--repeats", type=int, default=3, help="timed runs per mode (default 3)")
+    e2e.add_argument("--frames", default="32", help="frames of each video, or a comma-separated list to sweep "
+                                                     "(e.g. 32,64,128,256; default 32)")
+    e2e.add_argument("--batch-size", default="1", help="questions through the LLM together, or a comma-separated "
+                                                        "list to sweep (e.g. 1,4,8; default 1)")
+    e2e.add_argument("--questions", type=int, default=1, help="questions per video in a sweep (default 1)")
+    e2e.add_argument("--videos", type=int, default=None,
+                     help="videos per sweep run (default: the largest --batch-size)")
+    options.add_budget(e2e)
+    e2e.add_argument("--new-tokens", type=int, default=32, help="tokens generated per answer, greedy (default 32)")
+    e2e.add_argument("--repeats", type=int, default=3, help="timed runs per mode or pair (default 3)")
     e2e.add_argument("--resolution", default="640x360", help="decoded frames' WIDTHxHEIGHT (default 640x360)")
-    e2e.add_argument("--text-tokens", type=int, default=64,
-                     help="text tokens after the visual ones in the LLM's input (default 64)")
+    e2e.add_argument("--text-tokens", type=int, default=None,
+                     help="text after the visual tokens: random tokens in the modes comparison (default 64), words "
+                          "per question in a sweep (default 16)")
     e2e.add_argument("--seed", type=int, default=0, help="seed of the weights, frames and tokens (default 0)")
     e2e.add_argument("--json", action="store_true", help="print one JSON object with the figures")
     e2e.set_defaults(run=run_e2e)
@@ -166,22 +179,35 @@ def run_ops(args) -> int:
 def run_e2e(args) -> int:
     from ppllava.bench.e2e import bench_e2e, format_report, model_choices
 
-    if args.frames < 2:
+    frames, batch_sizes = _positive_ints(args.frames, "frames"), _positive_ints(args.batch_size, "batch-size")
+    if min(frames) < 2:
         raise ValueError(f"--frames must be >= 2 for the video kernel's 2 frames, got {args.frames}")
-    for name in ("new_tokens", "repeats", "text_tokens"):
-        if getattr(args, name) <= 0:
+    for name in ("new_tokens", "repeats", "text_tokens", "questions", "videos"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')}: must be positive, got {getattr(args, name)}")
     known = model_choices()
     if args.model_size not in known and not args.model_size.endswith((".yaml", ".yml")):
         raise ValueError(f"--model-size: unknown {args.model_size!r} (known: {', '.join(known)}, or a .yaml path)")
     options.existing_file(args.model_size if args.model_size.endswith((".yaml", ".yml")) else None, "--model-size")
     resolution = _resolution(args.resolution)
+    budget = options.budget(args)
+    sweep = (len(frames) > 1 or batch_sizes != (1,) or args.questions > 1 or args.videos is not None
+             or any(v is not None for v in budget.values()))
     device, dtype = options.device(args), options.dtype(args)
     options.quiet_loading()
     progress = None if args.json else (lambda label: print(f"  {label} ...", file=sys.stderr, flush=True))
-    report = bench_e2e(device, dtype, size=args.model_size, frames=args.frames, new_tokens=args.new_tokens,
-                       repeats=args.repeats, resolution=resolution, text_tokens=args.text_tokens, seed=args.seed,
-                       progress=progress)
+    if sweep:
+        from ppllava.bench.sweep import bench_sweep, format_sweep
+
+        report = bench_sweep(device, dtype, frames, batch_sizes, args.model_size, questions=args.questions,
+                             videos=args.videos, new_tokens=args.new_tokens, repeats=args.repeats,
+                             resolution=resolution, text_tokens=args.text_tokens or 16, seed=args.seed,
+                             budget=budget, progress=progress)
+        print(json.dumps(report, indent=2) if args.json else format_sweep(report))
+        return 0
+    report = bench_e2e(device, dtype, size=args.model_size, frames=frames[0], new_tokens=args.new_tokens,
+                       repeats=args.repeats, resolution=resolution, text_tokens=args.text_tokens or 64,
+                       seed=args.seed, progress=progress)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 

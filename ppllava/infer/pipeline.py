@@ -225,10 +225,11 @@ class Pipeline:
 
     @torch.no_grad()
     def generate_batch(self, requests: list[tuple[Visual | None, list[dict]]], max_new_tokens: int = 256,
-                       pooling_texts: list[str | None] | None = None) -> list[Answer]:
+                       pooling_texts: list[str | None] | None = None, min_new_tokens: int = 0) -> list[Answer]:
         """Greedy answers to several conversations at once, each (visual or None, messages): one LLM batch, left
         padded, each row cut at its own first stop token; the same tokens as generate() one at a time. Questions
-        about one Visual share its vision pass (its cached patches); each row pools them for its own question."""
+        about one Visual share its vision pass (its cached patches); each row pools them for its own question.
+        `min_new_tokens`: no stop token before that many (benchmarks: every row the same length)."""
         if not requests:
             return []
         texts = pooling_texts or [None] * len(requests)
@@ -263,8 +264,8 @@ class Pipeline:
                           len(rows[i]["visual_frames"]), 2, dtype=torch.long, device=self.device)) for i in with_visual]),
                       "prompt_input_ids": prompt_ids, "prompt_attention_mask": prompt_mask}
         start = time.perf_counter()
-        out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                  pad_token_id=pad, eos_token_id=self.stop_ids)
+        out = self.model.generate(**batch, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                                  do_sample=False, pad_token_id=pad, eos_token_id=self.stop_ids)
         synchronize(self.device)
         seconds = {"generate": time.perf_counter() - start, "batch": len(rows)}
         answers = []
@@ -290,7 +291,7 @@ class Pipeline:
         return backends.relevance_map(embeds[None], text, self.config.relevance_scale)[0].float().cpu()
 
     def ask_batch(self, questions: list[tuple[Visual | str | Path | None, str]], max_new_tokens: int = 256,
-                  pooling_texts: list[str | None] | None = None) -> list[Answer]:
+                  pooling_texts: list[str | None] | None = None, min_new_tokens: int = 0) -> list[Answer]:
         """One question each about a visual (path or Visual; one path read once) or nothing, answered together."""
         read: dict[str, Visual] = {}
         for v, _ in questions:
@@ -298,7 +299,7 @@ class Pipeline:
                 read[str(v)] = self.read(v)
         visuals = [read[str(v)] if isinstance(v, (str, Path)) else v for v, _ in questions]
         return self.generate_batch([(v, [_user(q, v)]) for v, (_, q) in zip(visuals, questions)], max_new_tokens,
-                                   pooling_texts)
+                                   pooling_texts, min_new_tokens)
 
     def ask(self, path_or_visual, question: str, **kwargs) -> Answer:
         """One question about a video, image (path or Visual), or nothing (None)."""
