@@ -95,7 +95,7 @@ def describe_tower(config, tower, name: str) -> dict:
     return {"name": name,
             "description": STAND_INS[name][0] if name in STAND_INS else
                            "a config given by the caller" if name == "custom" else
-                           f"configs/model architecture {name!r}'s vision tower, random weights",
+                           f"the vision tower of configs/model architecture {name!r}, random weights",
             "model_type": v.model_type, "layers": layers, "hidden_size": v.hidden_size,
             "attention_heads": v.num_attention_heads, "intermediate_size": v.intermediate_size,
             "image_size": side(v.image_size), "patch_size": side(v.patch_size),
