@@ -31,14 +31,15 @@ CLIP-L/336 + 7B LLM) can be named instead, with random weights.
 from __future__ import annotations
 
 import copy
-import os
 import statistics
 import time
 
 import torch
 
-from backends.device import device_name, dtype_name, synchronize
+from backends.device import synchronize
 from backends.memory import peak_meter
+
+from .report import facts_line, mib, run_facts
 
 # the model and data modules (transformers) are imported where used: the CLI reads MODEL_SIZES at start-up
 
@@ -129,18 +130,6 @@ def describe_model(model, size: str) -> dict:
         "parameters": params,
         "video_kernel": list(config.video_kernel),
     }
-
-
-def cpu_model() -> str | None:
-    """The CPU's model name from /proc/cpuinfo (None where there is none)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 # -- one run ------------------------------------------------------------------------------------------
@@ -280,9 +269,7 @@ def bench_e2e(device: torch.device, dtype: torch.dtype, size: str = DEFAULT_MODE
         row["ratio_vs_average_first_token"] = row["first_token_s"] / rows["average"]["first_token_s"]
     prompt = rows["prompt"]
     return {
-        "device": str(device), "device_name": device_name(device), "dtype": dtype_name(dtype),
-        "torch": str(torch.__version__), "threads": torch.get_num_threads(),
-        "machine": {"cpu_model": cpu_model(), "logical_cpus": os.cpu_count()},
+        **run_facts(device, dtype),
         "model": describe_model(model, label),
         "video": {"frames": frames, "decoded_resolution": f"{width}x{height}",
                   "patches_per_frame": f"{config.patch_grid}x{config.patch_grid}",
@@ -302,17 +289,11 @@ def bench_e2e(device: torch.device, dtype: torch.dtype, size: str = DEFAULT_MODE
     }
 
 
-def _mib(value) -> str:
-    return "-" if value is None else f"{value / 2**20:.0f} MiB"
-
-
 def format_report(report: dict) -> str:
     m, v = report["model"], report["video"]
     n = report["new_tokens"]
     lines = [
-        f"device {report['device']} ({report['device_name']}), {report['dtype']}, torch {report['torch']}, "
-        f"{report['threads']} threads; host CPU {report['machine']['cpu_model']}, "
-        f"{report['machine']['logical_cpus']} logical CPUs",
+        facts_line(report),
         f"model {m['size']!r}: {m['description']}",
         "  parameters: " + ", ".join(f"{k} {p / 1e6:.2f}M" for k, p in m["parameters"].items()),
         f"video: {v['frames']} frames decoded at {v['decoded_resolution']} -> {m['vision']['image_size']} px, "
@@ -323,7 +304,7 @@ def format_report(report: dict) -> str:
     ]
     for mode, r in report["modes"].items():
         lines.append(f"{mode:<8} {r['visual_tokens']:>13} {r['first_token_s']:>14.3f} {r['total_s']:>12.3f} "
-                     f"{_mib(r['peak_memory_bytes']):>12} {r['speedup_vs_none']:>7.2f}x {r['ratio_vs_average']:>9.2f}x")
+                     f"{mib(r['peak_memory_bytes']):>12} {r['speedup_vs_none']:>7.2f}x {r['ratio_vs_average']:>9.2f}x")
     t = report["target"]
     lines += [
         f"preprocess + vision tower alone (every mode): {report['vision_s']:.3f} s",

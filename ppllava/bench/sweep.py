@@ -30,17 +30,17 @@ token ids set to theirs.
 from __future__ import annotations
 
 import copy
-import os
 import random
 import statistics
 import time
 
 import torch
 
-from backends.device import device_name, dtype_name, synchronize
+from backends.device import synchronize
 from backends.memory import peak_meter
 
-from .e2e import cpu_model, describe_model, model_config, synthetic_frames
+from .e2e import describe_model, model_config, synthetic_frames
+from .report import facts_line, mib, run_facts
 
 TARGET = {"beyond_vision_over_first_frames_max": 1.2, "questions_per_s_over_batch_1_min": 2.0,
           "at_batch_size": 8}
@@ -156,9 +156,7 @@ def bench_sweep(device: torch.device, dtype: torch.dtype, frames: tuple[int, ...
                      "runs_s": [t["total_s"] for t in times[pair]], "peak_memory_bytes": peaks[pair]})
     _relate(rows)
     return {
-        "device": str(device), "device_name": device_name(device), "dtype": dtype_name(dtype),
-        "torch": str(torch.__version__), "threads": torch.get_num_threads(),
-        "machine": {"cpu_model": cpu_model(), "logical_cpus": os.cpu_count()},
+        **run_facts(device, dtype),
         "model": describe_model(pipe.model, label) | {"pooling_mode": config.pooling_mode},
         "budget": {"video_max_tokens": config.video_max_tokens, "video_pooled_size": config.video_pooled_size},
         "videos": videos, "questions_per_video": questions, "text_words": text_tokens,
@@ -199,10 +197,6 @@ def _target(rows: list[dict]) -> dict:
     return out
 
 
-def _mib(value) -> str:
-    return "-" if value is None else f"{value / 2**20:.0f} MiB"
-
-
 def _ratio(value) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
@@ -212,9 +206,7 @@ def format_sweep(report: dict) -> str:
     budget = (f"at most {b['video_max_tokens']} visual tokens per video" if b["video_max_tokens"] else
               f"videos pooled to {b['video_pooled_size']}" if b["video_pooled_size"] else "the model's fixed kernels")
     lines = [
-        f"device {report['device']} ({report['device_name']}), {report['dtype']}, torch {report['torch']}, "
-        f"{report['threads']} threads; host CPU {report['machine']['cpu_model']}, "
-        f"{report['machine']['logical_cpus']} logical CPUs",
+        facts_line(report),
         f"model {m['size']!r}: {m['description']}; pooling {m['pooling_mode']}, {budget}",
         f"{report['videos']} videos decoded at {report['decoded_resolution']}, {report['questions_per_video']} "
         f"question(s) each of {report['text_words']} words, {report['new_tokens']} new tokens per answer (greedy); "
@@ -226,7 +218,7 @@ def format_sweep(report: dict) -> str:
         batch = f"{r['batch_size']}" + ("" if r["shared_vision"] else "*")
         lines.append(f"{r['frames']:>6} {batch:>5} {r['visual_tokens']:>10} {r['seconds_per_video']:>8.3f} "
                      f"{r['questions_per_s']:>11.3f} {r['vision_s_per_video']:>9.3f} "
-                     f"{r['beyond_vision_s_per_video']:>9.3f} {_mib(r['peak_memory_bytes']):>12} "
+                     f"{r['beyond_vision_s_per_video']:>9.3f} {mib(r['peak_memory_bytes']):>12} "
                      f"{_ratio(r['beyond_vision_over_first_frames']):>12} {_ratio(r['questions_per_s_over_batch_1']):>9}")
     if any(not r["shared_vision"] for r in report["rows"]):
         lines.append("* one question at a time, the video encoded again for each (no shared vision pass)")

@@ -1,4 +1,4 @@
-"""`ppllava bench ops|planted|data|e2e|flops`: op speed beside plain-pooling references, what the ops keep of a
+"""`ppllava bench ops|planted|data|e2e|vision|flops`: op speed beside plain-pooling references, what the ops keep of a
 planted answer, the video input path, seconds per video of the whole model with full tokens, average pooling and
 prompt-guided pooling (or over frame counts and batch sizes), and FLOPs per video."""
 
@@ -14,7 +14,7 @@ from . import options
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks (ops, planted, data, e2e, flops)", description="Benchmarks. Figures in BENCHMARKS.md come from these.")
+    p = sub.add_parser("bench", help="benchmarks (ops, planted, data, e2e, vision, flops)", description="Benchmarks. Figures in BENCHMARKS.md come from these.")
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
     ops = kinds.add_parser(
         "ops", help="forward and forward+backward time of both ops at the paper's shape",
@@ -117,6 +117,34 @@ def add_parser(sub) -> None:
     e2e.add_argument("--json", action="store_true", help="print one JSON object with the figures")
     e2e.set_defaults(run=run_e2e)
 
+    from ppllava.bench.vision import DEFAULT_TOWER, STAND_INS
+
+    vision = kinds.add_parser(
+        "vision", help="vision tower stopped at its feature layer vs the full forward: time and peak memory",
+        description="Time and measure the peak memory of the vision tower (random weights, fixed seed) two ways on "
+                    "the same random pixel_values (F, 3, S, S) for each --frames count: 'early stop' "
+                    "(TowerFamily.feature_layer: the encoder layers up to vision_feature_layer only, no other state "
+                    "kept; what the model runs) and 'full forward' (every layer with output_hidden_states=True, then "
+                    "hidden_states[vision_feature_layer]; what it ran before). The two features must be equal "
+                    "(torch.equal) or nothing is reported (exit 1). All F frames go through in one call, as the model "
+                    "encodes a video. Time: median of --repeats runs after a warm-up, under no_grad, device "
+                    "synchronised. Peak memory: one more run of each, as in bench e2e (peak allocated bytes on an "
+                    "accelerator, resident-set growth on the CPU), beside the analytical bytes of the hidden states "
+                    "each keeps ((layers + 1) states of F x tokens x hidden against one). Reports per frame count "
+                    "the seconds and peaks of both, the time saved (fraction) and the memory saved (bytes, ratio), "
+                    "with the tower (layers, width, patches, feature layer and layers skipped).")
+    options.add_device(vision)
+    options.add_dtype(vision)
+    vision.add_argument("--frames", default="32,256", help="comma-separated frame counts (default 32,256)")
+    vision.add_argument("--tower", default=DEFAULT_TOWER,
+                        help=f"vision tower, random weights: {', '.join(STAND_INS)} (default {DEFAULT_TOWER}: "
+                             f"{STAND_INS[DEFAULT_TOWER][0]}) or a configs/model architecture's tower (e.g. "
+                             f"llava-next-7b: CLIP ViT-L/14-336, meant for an accelerator at 256 frames)")
+    vision.add_argument("--repeats", type=int, default=3, help="timed runs per way and frame count (default 3)")
+    vision.add_argument("--seed", type=int, default=0, help="seed of the weights and pixel values (default 0)")
+    vision.add_argument("--json", action="store_true", help="print one JSON object with the figures")
+    vision.set_defaults(run=run_vision)
+
 
 def _positive_ints(text: str, name: str) -> tuple[int, ...]:
     try:
@@ -208,6 +236,25 @@ def run_e2e(args) -> int:
     report = bench_e2e(device, dtype, size=args.model_size, frames=frames[0], new_tokens=args.new_tokens,
                        repeats=args.repeats, resolution=resolution, text_tokens=args.text_tokens or 64,
                        seed=args.seed, progress=progress)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def run_vision(args) -> int:
+    from ppllava.bench.vision import FeaturesDiffer, bench_vision, format_report, tower_config
+
+    frames = _positive_ints(args.frames, "frames")
+    if args.repeats <= 0:
+        raise ValueError(f"--repeats: must be positive, got {args.repeats}")
+    tower_config(args.tower)                                  # an unknown --tower fails before anything is built
+    device, dtype = options.device(args), options.dtype(args)
+    progress = None if args.json else (lambda label: print(f"  {label} ...", file=sys.stderr, flush=True))
+    try:
+        report = bench_vision(device, dtype, tower=args.tower, frames=frames, repeats=args.repeats, seed=args.seed,
+                              progress=progress)
+    except FeaturesDiffer as e:
+        print(f"ppllava bench vision: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
