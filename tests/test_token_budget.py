@@ -12,11 +12,11 @@ from oracles import get_size_output_mode, pool_loop
 
 import backends
 from ppllava.cli import build_parser, main
-from ppllava.infer.pipeline import check_frame_budget
+from ppllava.infer.pipeline import DEFAULT_FRAMES, Pipeline, check_frame_budget, default_frames
 from ppllava.model import build_model, load_config
 from ppllava.model.synthetic import make_batch, visual_kwargs
 from ppllava.model.tiny import save_tiny_checkpoint
-from videos import write_video
+from videos import write_image, write_text, write_video
 
 FRAMES = (8, 32, 100, 256)
 
@@ -148,11 +148,51 @@ def test_the_frame_check_counts_the_budget():
         check_frame_budget(config, 256)
 
 
+def test_the_frame_check_holds_a_bt_adapter_to_its_time_embedding():
+    config = load_config("tiny")
+    config.btadapter_depth, config.btadapter_max_frames = 2, 8
+    config.check()
+    check_frame_budget(config, 8)
+    with pytest.raises(ValueError, match=r"^--frames 9: a video of 9 frames is longer than the BT-Adapter's time "
+                                         r"embedding of 8 frames \(btadapter_max_frames\); give at most 8$"):
+        check_frame_budget(config, 9)
+    config.video_max_tokens = 64                  # a token budget makes room in the LLM, not in the time embedding
+    check_frame_budget(config, 8)
+    with pytest.raises(ValueError, match="btadapter_max_frames"):
+        check_frame_budget(config, 256)
+    assert default_frames(config) == 8            # a checkpoint that names no frames reads what the adapter holds
+    config.btadapter_max_frames = 64
+    assert default_frames(config) == DEFAULT_FRAMES == 32
+    config.default_frames = 48
+    assert default_frames(config) == 48
+    config.btadapter_depth = 0                    # no adapter: only the LLM's positions count
+    check_frame_budget(config, 256)
+
+
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
     root = tmp_path_factory.mktemp("budget")
     write_video(root / "v.mp4", 12, size=(48, 64), noise=False)
-    return {"root": root, "model": save_tiny_checkpoint(root / "model")}
+    write_image(root / "i.png")
+    write_text(root / "text.mp4")
+    adapter = {"btadapter_depth": 2, "btadapter_max_frames": 4}        # the branch runs beside layer 0 of 2
+    return {"root": root, "model": save_tiny_checkpoint(root / "model"),
+            "adapter": save_tiny_checkpoint(root / "adapter", overrides=adapter)}
+
+
+def test_a_bt_adapter_model_reads_videos_up_to_its_time_embedding_and_any_image(bed, capsys):
+    """More frames are refused before decoding (the bad-input table runs that through the CLI)."""
+    argv = ["infer", "--model", str(bed["adapter"]), "--video", str(bed["root"] / "v.mp4"), "--prompt", "what",
+            "--max-new-tokens", "2", "--json"]
+    for frames in (["--frames", "4"], []):       # the limit itself, and the default the checkpoint leaves open
+        assert main([*argv, *frames]) == 0
+        assert json.loads(capsys.readouterr().out)["visual_tokens"] == 2 * 8 * 8
+    pipe = Pipeline.load(bed["adapter"], device="cpu")
+    assert pipe.frames == 4
+    with pytest.raises(ValueError, match="--frames 5: .*btadapter_max_frames"):    # not "cannot open it"
+        pipe.read(bed["root"] / "text.mp4", frames=5)
+    image = pipe.read(bed["root"] / "i.png", frames=5)                        # one frame, whatever --frames says
+    assert not image.is_video and image.patches.shape[0] == 1
 
 
 def test_infer_takes_any_frames_the_budget_allows(bed, capsys):
