@@ -62,6 +62,7 @@ def cut_name(relative, offset) -> str:
 def bed(tmp_path_factory):
     root = tmp_path_factory.mktemp("table")
     model = save_tiny_checkpoint(root / "model")
+    save_tiny_checkpoint(root / "adapter", overrides={"btadapter_depth": 2, "btadapter_max_frames": 4})
     for relative, offset in CUTS:
         cut_file(model, root / cut_name(relative, offset), relative, offset)
     write_video(root / "v.mp4", 8)
@@ -106,6 +107,8 @@ ROWS = [
     ("infer frames 0", [*INFER[:-1], "0"], {}, ["--frames must be >= 1"]),
     ("infer frames 1", [*INFER[:-1], "1"], {}, ["--frames 1 is fewer than the video kernel"]),
     ("infer frames 100000", [*INFER[:-1], "100000"], {}, ["--frames 100000", "at most", "frames fit"]),
+    ("infer frames over the BT-Adapter", ["infer", "--model", "{root}/adapter", *INFER[3:-1], "5"], {},
+     ["--frames 5", "BT-Adapter's time embedding of 4 frames (btadapter_max_frames)"]),
     ("infer max tokens 0", [*INFER, "--max-new-tokens", "0"], {}, ["--max-new-tokens must be >= 1"]),
     ("infer long prompt", [*INFER[:6], "word " * 5000, *INFER[7:]], {}, ["positions", "> the LLM's 4096"]),
     ("infer prompt bytes", [*INFER[:6], b"\xff\xfe what".decode("utf-8", "surrogateescape"), *INFER[7:]], {},

@@ -5,6 +5,7 @@ model produces, a training batch of videos of different lengths runs forward and
 --frames the budget allows. Without a budget nothing changes."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,13 +13,19 @@ from oracles import get_size_output_mode, pool_loop
 
 import backends
 from ppllava.cli import build_parser, main
-from ppllava.infer.pipeline import check_frame_budget
-from ppllava.model import build_model, load_config
+from ppllava.infer.pipeline import DEFAULT_FRAMES, Pipeline, check_frame_budget, default_frames
+from ppllava.model import build_model, load_config, load_model
+from ppllava.model.checkpoint import load_tokenizers
 from ppllava.model.synthetic import make_batch, visual_kwargs
 from ppllava.model.tiny import save_tiny_checkpoint
-from videos import write_video
+from ppllava.train.config import load_train_config
+from ppllava.train.stream import MicroBatches, Position
+from ppllava.train.trainer import build_data, model_config_with
+from train_data import write_training_data
+from videos import write_image, write_text, write_video
 
 FRAMES = (8, 32, 100, 256)
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny.yaml"
 
 
 def small(**budget):
@@ -148,11 +155,51 @@ def test_the_frame_check_counts_the_budget():
         check_frame_budget(config, 256)
 
 
+def test_the_frame_check_holds_a_bt_adapter_to_its_time_embedding():
+    config = load_config("tiny")
+    config.btadapter_depth, config.btadapter_max_frames = 2, 8
+    config.check()
+    check_frame_budget(config, 8)
+    with pytest.raises(ValueError, match=r"^--frames 9: a video of 9 frames is longer than the BT-Adapter's time "
+                                         r"embedding of 8 frames \(btadapter_max_frames\); give at most 8$"):
+        check_frame_budget(config, 9)
+    config.video_max_tokens = 64                  # a token budget makes room in the LLM, not in the time embedding
+    check_frame_budget(config, 8)
+    with pytest.raises(ValueError, match="btadapter_max_frames"):
+        check_frame_budget(config, 256)
+    assert default_frames(config) == 8            # a checkpoint that names no frames reads what the adapter holds
+    config.btadapter_max_frames = 64
+    assert default_frames(config) == DEFAULT_FRAMES == 32
+    config.default_frames = 48
+    assert default_frames(config) == 48
+    config.btadapter_depth = 0                    # no adapter: only the LLM's positions count
+    check_frame_budget(config, 256)
+
+
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
     root = tmp_path_factory.mktemp("budget")
     write_video(root / "v.mp4", 12, size=(48, 64), noise=False)
-    return {"root": root, "model": save_tiny_checkpoint(root / "model")}
+    write_image(root / "i.png")
+    write_text(root / "text.mp4")
+    adapter = {"btadapter_depth": 2, "btadapter_max_frames": 4}        # the branch runs beside layer 0 of 2
+    return {"root": root, "model": save_tiny_checkpoint(root / "model"),
+            "adapter": save_tiny_checkpoint(root / "adapter", overrides=adapter)}
+
+
+def test_a_bt_adapter_model_reads_videos_up_to_its_time_embedding_and_any_image(bed, capsys):
+    """More frames are refused before decoding (the bad-input table runs that through the CLI)."""
+    argv = ["infer", "--model", str(bed["adapter"]), "--video", str(bed["root"] / "v.mp4"), "--prompt", "what",
+            "--max-new-tokens", "2", "--json"]
+    for frames in (["--frames", "4"], []):       # the limit itself, and the default the checkpoint leaves open
+        assert main([*argv, *frames]) == 0
+        assert json.loads(capsys.readouterr().out)["visual_tokens"] == 2 * 8 * 8
+    pipe = Pipeline.load(bed["adapter"], device="cpu")
+    assert pipe.frames == 4
+    with pytest.raises(ValueError, match="--frames 5: .*btadapter_max_frames"):    # not "cannot open it"
+        pipe.read(bed["root"] / "text.mp4", frames=5)
+    image = pipe.read(bed["root"] / "i.png", frames=5)                        # one frame, whatever --frames says
+    assert not image.is_video and image.patches.shape[0] == 1
 
 
 def test_infer_takes_any_frames_the_budget_allows(bed, capsys):
@@ -173,3 +220,38 @@ def test_eval_and_explain_take_the_budget(command):
     assert args.pooled_size == [16, 8, 8] and args.max_visual_tokens is None
     with pytest.raises(SystemExit):
         build_parser().parse_args([command, "--model", "m", *extra, "--pooled-size", "4,8,8", "--max-visual-tokens", "9"])
+
+
+def test_training_data_of_two_frame_counts_pools_each_video_to_the_budget(tmp_path):
+    """The real data path (the tiny recipe's build_data and MicroBatches, as the trainer builds them): two datasets
+    sampling 8 and 24 frames of the same 24-frame clips under video_max_tokens 320. 8 frames keep the fixed kernels
+    (4 x 8 x 8 = 256 fit); 24 would be 12 x 8 x 8, so T' = 320 // 64 = 5 (320 tokens)."""
+    model = save_tiny_checkpoint(tmp_path / "model")
+    data = write_training_data(tmp_path / "data", videos=2, images=1, frames=24, dataset_frames=(8, 24))
+    cfg = load_train_config(RECIPE, [f"model={model}", f"data={data}", f"output_dir={tmp_path / 'run'}", "frames=null",
+                                     "model_overrides.video_max_tokens=320", "micro_batch_size=3"])
+    config = model_config_with(cfg.model, cfg.model_overrides)
+    assert (config.video_max_tokens, config.video_kernel) == (320, [2, 3, 3])       # merged with the recipe's
+    assert (config.visual_tokens(8, True), config.visual_tokens(24, True)) == (256, 320)
+    data_config, dataset, collator = build_data(cfg, config, *load_tokenizers(cfg.model))
+    stream = MicroBatches(dataset, collator, cfg.micro_batch_size, 0, 1, cfg.seed, 0, data_config.max_skip_fraction)
+    batches = [batch for batch, _ in zip(stream.batches(Position()), range(stream.per_epoch))]
+    assert len(batches) == 2 and not any(b["skipped"] for b in batches)
+    lengths = []
+    for batch in batches:
+        frames, is_video, rows = (batch[k].tolist() for k in ("visual_frames", "visual_is_video", "visual_sample"))
+        assert batch["pixel_values"].shape[0] == sum(frames)
+        for row in range(len(batch["input_ids"])):              # one medium a sample: its run of placeholders
+            (t, video), = [(t, v) for t, v, r in zip(frames, is_video, rows) if r == row]
+            token = config.video_token_id if video else config.image_token_id
+            assert int((batch["input_ids"][row] == token).sum()) == config.visual_tokens(t, video)
+        lengths.append(sorted({t for t, v in zip(frames, is_video) if v}))
+    assert {t for batch in lengths for t in batch} == {8, 24} and [8, 24] in lengths     # seed 0 mixes one batch
+    mixed = batches[lengths.index([8, 24])]
+    net = load_model(cfg.model, config=config)
+    net.apply_trainable()
+    out = net(**{k: v for k, v in mixed.items() if k != "skipped"}, use_cache=False)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    for group in ("prompt_tower", "projector", "llm"):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for _, p in net.parameter_groups()[group]), group

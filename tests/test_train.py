@@ -349,6 +349,31 @@ def test_a_rerun_repeats_the_losses_bit_for_bit_on_two_threads(bed):
     assert len(first) >= 4 and first == second
 
 
+def test_two_frame_counts_under_a_token_budget_train_and_the_export_keeps_the_budget(bed, capsys):
+    """`ppllava train`, one process: two datasets sample 8 and 24 frames of the same clips (test_token_budget.py
+    checks the micro-batches these make: seed 0 mixes both lengths in one) under video_max_tokens 320, which pools
+    them to 256 and 320 tokens; without it the 24-frame videos (768 tokens) would be over max_length 512, skipped,
+    and the run stopped. The export keeps the budget, so ppllava infer pools at it."""
+    from ppllava.train import export_checkpoint
+    from train_data import write_training_data
+
+    data = write_training_data(bed["root"] / "two-lengths", videos=2, images=1, frames=24, dataset_frames=(8, 24))
+    out = bed["root"] / "two-lengths-run"
+    proc = _train({**bed, "data": data}, out, "lr=1e-3", "frames=null", "model_overrides.video_max_tokens=320",
+                  "micro_batch_size=3", "global_batch_size=3", "max_steps=2")
+    assert proc.returncode == 0, proc.tail()
+    rows = _rows(out)
+    assert [(r["step"], r["samples"]) for r in rows] == [(1, 3), (2, 3)] and all(math.isfinite(r["loss"]) for r in rows)
+    assert sum(r["tokens"] for r in rows) > 2 * 256 + 2 * 320 + 2 * 64       # one epoch: its visual tokens and text
+    exported = export_checkpoint(out, bed["root"] / "two-lengths-export")
+    capsys.readouterr()                                                    # zero_to_fp32's progress lines
+    config = json.loads((exported / "config.json").read_text())
+    assert (config["video_max_tokens"], config["video_pooled_size"]) == (320, None)
+    assert main(["infer", "--model", str(exported), "--video", str(data.parent / "media" / "v0.mp4"), "--prompt",
+                 "what", "--frames", "24", "--max-new-tokens", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["visual_tokens"] == 320
+
+
 def test_sigterm_saves_a_checkpoint_then_the_same_command_resumes(bed):
     """As Slurm or torchrun stop a job: SIGTERM to torchrun, which signals each worker's process group,
     DataLoader workers included; every process finishes its step, saves, and stops."""

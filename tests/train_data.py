@@ -13,8 +13,9 @@ ANSWERS = ["the cat sits on the red mat", "a person is cooking food in a small k
 
 
 def write_training_data(root, videos: int = 8, images: int = 4, frames: int = 8, text_only: int = 0,
-                        broken: int = 0) -> Path:
-    """Media under root/media, the annotation root/anno.json, and root/data.yaml (returned)."""
+                        broken: int = 0, dataset_frames: tuple[int, ...] = ()) -> Path:
+    """Media under root/media, the annotation root/anno.json, and root/data.yaml (returned): one dataset, or with
+    `dataset_frames` one per count, each sampling that many frames per video of the same records."""
     root = Path(root)
     (root / "media").mkdir(parents=True, exist_ok=True)
     records = []
@@ -36,7 +37,8 @@ def write_training_data(root, videos: int = 8, images: int = 4, frames: int = 8,
         records.append({"video": f"broken{i}.mp4", "conversations": [
             {"from": "human", "value": "<video>\nwhat happens in the video"}, {"from": "gpt", "value": ANSWERS[0]}]})
     (root / "anno.json").write_text(json.dumps(records))
-    config = {"max_length": 512, "max_skip_fraction": 0.25,
-              "datasets": [{"name": "synthetic", "format": "llava", "annotation": "anno.json", "root": "media"}]}
+    dataset = {"name": "synthetic", "format": "llava", "annotation": "anno.json", "root": "media"}
+    datasets = [{**dataset, "name": f"synthetic{n}", "frames": n} for n in dataset_frames] or [dataset]
+    config = {"max_length": 512, "max_skip_fraction": 0.25, "datasets": datasets}
     (root / "data.yaml").write_text(yaml.safe_dump(config))
     return root / "data.yaml"

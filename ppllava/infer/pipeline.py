@@ -59,10 +59,15 @@ TEXT_ROOM = 64  # positions a question and its template need at the least beside
 
 
 def check_frame_budget(config, frames: int) -> None:
-    """A video of `frames` frames must leave the LLM room for a question: refused before decoding anything. The
-    count is the config's, a visual token budget (video_max_tokens / video_pooled_size) included."""
+    """A video of `frames` frames must fit a BT-Adapter's time embedding and leave the LLM room for a question:
+    refused before decoding anything. The count is the config's, a visual token budget (video_max_tokens /
+    video_pooled_size) included. Only videos: an image (or its anyres crops) never meets the time embedding."""
     if frames < config.min_video_frames():
         raise ValueError(f"--frames {frames} is fewer than the video kernel's {config.min_video_frames()} frames")
+    if config.btadapter_depth and frames > config.btadapter_max_frames:
+        raise ValueError(f"--frames {frames}: a video of {frames} frames is longer than the BT-Adapter's time "
+                         f"embedding of {config.btadapter_max_frames} frames (btadapter_max_frames); give at most "
+                         f"{config.btadapter_max_frames}")
     limit = config.text_config.max_position_embeddings
     if config.visual_tokens(frames, True) + TEXT_ROOM <= limit:
         return
@@ -76,6 +81,14 @@ def check_frame_budget(config, frames: int) -> None:
     raise ValueError(f"--frames {frames}: a video of {frames} frames becomes {config.visual_tokens(frames, True)} "
                      f"visual tokens, beyond the LLM's {limit} positions (less {TEXT_ROOM} for the question); {fits}"
                      f"{hint}")
+
+
+def default_frames(config) -> int:
+    """Frames per video when the run gives none: those the checkpoint was trained with, else DEFAULT_FRAMES, or
+    as many as a BT-Adapter's time embedding holds when that is fewer."""
+    if getattr(config, "default_frames", None):
+        return config.default_frames
+    return min(DEFAULT_FRAMES, config.btadapter_max_frames) if config.btadapter_depth else DEFAULT_FRAMES
 
 
 def apply_budget(config, max_visual_tokens: int | None = None, pooled_size=None) -> None:
@@ -112,7 +125,7 @@ class Pipeline:
              frames: int | None = None, reader: str = "auto", max_visual_tokens: int | None = None,
              pooled_size=None) -> "Pipeline":
         """A PPLLaVA checkpoint folder (convert, or export of a training run) on `device` in `dtype`
-        (default: the checkpoint's own); `frames` per video default to those it was trained with, else 32.
+        (default: the checkpoint's own); `frames` per video default to default_frames(config).
         `max_visual_tokens` or `pooled_size` (T', H', W'): pool every video to that budget (config.py
         video_max_tokens / video_pooled_size) instead of the checkpoint's own pooling."""
         if frames is not None and frames < 1:
@@ -121,7 +134,7 @@ class Pipeline:
         get_reader(reader)                                       # an unknown reader or a missing library: now
         config = read_config(directory)                          # one clear error for a folder that is not ours
         apply_budget(config, max_visual_tokens, pooled_size)
-        frames = frames or getattr(config, "default_frames", None) or DEFAULT_FRAMES
+        frames = frames or default_frames(config)
         check_frame_budget(config, frames)                       # before any weight is read or frame decoded
         tokenizer, prompt_tokenizer = load_tokenizers(directory) # before the weights: fail fast
         # a prompt beyond the prompt tower's positions is truncated with our own warning (model/context.py): not
@@ -140,9 +153,10 @@ class Pipeline:
         path = str(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} does not exist")
-        check_frame_budget(self.config, frames or self.frames)
-        start = time.perf_counter()
         is_video = not path.lower().endswith(IMAGE_SUFFIXES)
+        if is_video:                                                 # an image is one frame (or its anyres crops)
+            check_frame_budget(self.config, frames or self.frames)
+        start = time.perf_counter()
         if not is_video:
             pixels, indices = read_image(path), [0]
         else:

@@ -62,9 +62,10 @@ def clip_tokenizer(max_length: int, corpus: list[str] = CORPUS, vocab_size: int 
 
 
 def save_tiny_checkpoint(directory: str | Path, seed: int = 0, corpus: list[str] = CORPUS,
-                         architecture: str = "tiny", vocab_size: int = 300) -> Path:
+                         architecture: str = "tiny", vocab_size: int = 300, overrides: dict | None = None) -> Path:
     """Write a random checkpoint of a tiny `architecture` (configs/model/) with tokenizers of at most
-    `vocab_size` tokens trained on `corpus` to `directory` (must not exist or be empty); returns the path."""
+    `vocab_size` tokens trained on `corpus` to `directory` (must not exist or be empty); returns the path.
+    `overrides`: PPLLaVAConfig fields set before the weights are made (e.g. btadapter_depth: the adapter's too)."""
     out = Path(directory)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} already exists and is not an empty folder")
@@ -74,6 +75,8 @@ def save_tiny_checkpoint(directory: str | Path, seed: int = 0, corpus: list[str]
     text = config.text_config                      # as Qwen2-Instruct: a turn ends the answer, <|endoftext|> pads
     text.eos_token_id, text.pad_token_id = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
     text.bos_token_id = None
+    for key, value in (overrides or {}).items():
+        setattr(config, key, value)
     config.check()
     model = build_model(config, seed=seed)
     out.parent.mkdir(parents=True, exist_ok=True)
