@@ -29,6 +29,7 @@ from ..data.readers import FrameFolderReader
 from ..data.sampling import frame_window, read_clip
 from ..model.checkpoint import load_model, load_tokenizers, read_config
 from ..processing import PPLLaVAProcessor
+from .decode import greedy_rows
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 
@@ -240,9 +241,10 @@ class Pipeline:
     @torch.no_grad()
     def generate_batch(self, requests: list[tuple[Visual | None, list[dict]]], max_new_tokens: int = 256,
                        pooling_texts: list[str | None] | None = None, min_new_tokens: int = 0) -> list[Answer]:
-        """Greedy answers to several conversations at once, each (visual or None, messages): one LLM batch, left
-        padded, each row cut at its own first stop token; the same tokens as generate() one at a time. Questions
-        about one Visual share its vision pass (its cached patches); each row pools them for its own question.
+        """Greedy answers to several conversations at once, each (visual or None, messages): the visuals pooled
+        as one batch, each row's prefill on its own tokens and the decoding steps batched (infer/decode.py), each
+        row cut at its own first stop token; the same tokens as generate() one at a time. Questions about one
+        Visual share its vision pass (its cached patches); each row pools them for its own question.
         `min_new_tokens`: no stop token before that many (benchmarks: every row the same length)."""
         if not requests:
             return []
@@ -253,11 +255,9 @@ class Pipeline:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
         length = max(r["input_ids"].shape[1] for r in rows)
         input_ids = torch.full((len(rows), length), pad, dtype=torch.long, device=self.device)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long, device=self.device)
-        for i, r in enumerate(rows):                                              # left padding
-            n = r["input_ids"].shape[1]
-            input_ids[i, length - n:], attention_mask[i, length - n:] = r["input_ids"][0], 1
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        for i, r in enumerate(rows):                              # left padded for the embedding, never read there
+            input_ids[i, length - r["input_ids"].shape[1]:] = r["input_ids"][0]
+        batch = {"input_ids": input_ids}
         with_visual = [i for i, r in enumerate(rows) if "patches" in r]
         if with_visual:
             # every row gets a prompt-tower row (visual_sample indexes input rows); a text-only row's is never read
@@ -278,14 +278,13 @@ class Pipeline:
                           len(rows[i]["visual_frames"]), 2, dtype=torch.long, device=self.device)) for i in with_visual]),
                       "prompt_input_ids": prompt_ids, "prompt_attention_mask": prompt_mask}
         start = time.perf_counter()
-        out = self.model.generate(**batch, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                                  do_sample=False, pad_token_id=pad, eos_token_id=self.stop_ids)
+        embeds = self.model.embed_inputs(**batch)
+        own = [embeds[i, length - r["input_ids"].shape[1]:] for i, r in enumerate(rows)]   # each row unpadded
+        new = greedy_rows(self.model.language_model, own, max_new_tokens, self.stop_ids, min_new_tokens)
         synchronize(self.device)
         seconds = {"generate": time.perf_counter() - start, "batch": len(rows)}
         answers = []
-        for i, r in enumerate(rows):
-            new = out[i, length:].tolist()
-            tokens = new[:next((j for j, t in enumerate(new) if t in self.stop_ids), len(new))]
+        for r, tokens in zip(rows, new):
             visual_tokens = int(self.model.placeholder_mask(r["input_ids"]).sum())
             answers.append(Answer(self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(tokens),
                                   visual_tokens, dict(seconds), tokens))
