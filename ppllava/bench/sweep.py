@@ -4,7 +4,7 @@ second and peak memory of the inference pipeline over frame counts and batch siz
 For every (frames, batch size) pair, --videos videos of decoded frames (uint8 (T, H, W, 3) in host memory) and
 --questions different questions about each (--text-tokens random words of the tiny tokenizers' corpus) are
 answered as `ppllava eval --batch-size B` answers them: the questions in order, video by video, each chunk of B
-consecutive questions through Pipeline.generate_batch (one LLM batch, left padded), a video encoded
+consecutive questions through Pipeline.generate_batch (each row prefilled alone, the decoding steps batched), a video encoded
 (preprocess + vision tower, Pipeline.from_frames) when its first question comes and kept while its questions
 last. Every answer is exactly --new-tokens greedy tokens (min_new_tokens: the random weights never stop a row
 early). A run is timed from the decoded frames to the last answer; each figure is the median of --repeats runs

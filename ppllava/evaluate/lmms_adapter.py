@@ -12,7 +12,7 @@ requests by `rank` and `world_size`.
 What it does as `ppllava eval` does: a request whose video (or frame) cannot be read, or that fails on the
 device, is answered "" (counted as wrong by the task's metric), named in a warning, and the run goes on; the
 end of generate_until lists them all. `--batch_size N` (or auto:N): N requests at a time go through the LLM
-together (Pipeline.generate_batch: left padded, each row stopping on its own), the greedy answers of batch
+together (Pipeline.generate_batch: each prefilled alone, decoded together, each row stopping on its own), the greedy answers of batch
 size 1 token for token; a batch that fails is answered again one request at a time, so that an error names
 its request. `auto` (lmms-eval's memory probe) is not measured here: batches of 1, said once in the log.
 lmms-eval itself exits 0 after a failed evaluation:

@@ -255,7 +255,7 @@ class Pipeline:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
         length = max(r["input_ids"].shape[1] for r in rows)
         input_ids = torch.full((len(rows), length), pad, dtype=torch.long, device=self.device)
-        for i, r in enumerate(rows):                              # left padded for the embedding, never read there
+        for i, r in enumerate(rows):                              # left padded: embedded as one batch, read unpadded
             input_ids[i, length - r["input_ids"].shape[1]:] = r["input_ids"][0]
         batch = {"input_ids": input_ids}
         with_visual = [i for i, r in enumerate(rows) if "patches" in r]
