@@ -48,13 +48,56 @@ def _frames(value, what: str) -> torch.Tensor:
     return tensor
 
 
-class PPLLaVAProcessor:
-    def __init__(self, tokenizer, prompt_tokenizer, config):
-        from .data import ChatEncoder, Preprocessor    # not at import: ppllava.model registers this class
+class MediaInputs:
+    """What a model reads of each medium, without the tokenizers: the pieces of PPLLaVAProcessor that the training
+    dataset (data/dataset.py) uses too, so that a sample is trained on the crops, placeholder runs and image sizes
+    it is served with."""
 
-        self.tokenizer, self.prompt_tokenizer, self.config = tokenizer, prompt_tokenizer, config
-        self.encoder = ChatEncoder.for_config(tokenizer, config)
+    def __init__(self, config):
+        from .data.preprocess import Preprocessor      # not at import: ppllava.model registers PPLLaVAProcessor
+
+        self.config = config
         self.preprocess = Preprocessor.for_config(config)
+
+    def medium(self, frames: torch.Tensor | int, is_video: bool, image_size=None) -> tuple[int, bool, tuple | None]:
+        """(frames or crops the model reads, is_video, image size): a single image of a model with
+        image_grid_pinpoints is cut into LLaVA-NeXT's anyres crops (Preprocessor.anyres)."""
+        if isinstance(frames, int):
+            return frames, is_video, image_size
+        if not is_video and len(frames) == 1 and self.config.image_grid_pinpoints:
+            size = tuple(int(v) for v in frames.shape[1:3])
+            rows, cols = grid_shape(size, self.config.image_grid_pinpoints, self.preprocess.size)
+            return 1 + rows * cols, False, size
+        return len(frames), is_video, None
+
+    def runs(self, media: list[tuple]) -> list[list[int]]:
+        """Each medium's placeholder run: media are (frames or their number, is_video[, image size])."""
+        return [self.config.placeholders(*self.medium(*m)) for m in media]
+
+    def layout(self, media: list[tuple]) -> dict[str, torch.Tensor]:
+        """Which frames belong to which medium, all of one sample (and the image size of anyres images)."""
+        items = [self.medium(*m) for m in media]
+        out = {"visual_frames": torch.tensor([n for n, _, _ in items]),
+               "visual_is_video": torch.tensor([v for _, v, _ in items]),
+               "visual_sample": torch.zeros(len(items), dtype=torch.long)}
+        if any(size for _, _, size in items):
+            out["visual_image_size"] = torch.tensor([size or (0, 0) for _, _, size in items])
+        return out
+
+    def pixels(self, frames: torch.Tensor, is_video: bool) -> torch.Tensor:
+        """One medium's pixel values: its frames preprocessed, or an anyres image's crops."""
+        if self.medium(frames, is_video)[2] is not None:
+            return self.preprocess.anyres(frames, self.config.image_grid_pinpoints)
+        return self.preprocess(frames)
+
+
+class PPLLaVAProcessor(MediaInputs):
+    def __init__(self, tokenizer, prompt_tokenizer, config):
+        from .data import ChatEncoder                  # not at import: ppllava.model registers this class
+
+        super().__init__(config)
+        self.tokenizer, self.prompt_tokenizer = tokenizer, prompt_tokenizer
+        self.encoder = ChatEncoder.for_config(tokenizer, config)
         self.pad_prompts = config.tower_family().pad_prompts_to_max
         self.chat_template = tokenizer.chat_template
 
@@ -98,22 +141,7 @@ class PPLLaVAProcessor:
                              "(or call apply_chat_template(messages, tokenize=True, return_dict=True, ...))")
         return self._inputs(self.encoder.expand(ids, self.runs(media)), media, prompt)
 
-    # -- the pieces every path uses ------------------------------------------------------------------------
-    def medium(self, frames: torch.Tensor | int, is_video: bool, image_size=None) -> tuple[int, bool, tuple | None]:
-        """(frames or crops the model reads, is_video, image size): a single image of a model with
-        image_grid_pinpoints is cut into LLaVA-NeXT's anyres crops (Preprocessor.anyres)."""
-        if isinstance(frames, int):
-            return frames, is_video, image_size
-        if not is_video and len(frames) == 1 and self.config.image_grid_pinpoints:
-            size = tuple(int(v) for v in frames.shape[1:3])
-            rows, cols = grid_shape(size, self.config.image_grid_pinpoints, self.preprocess.size)
-            return 1 + rows * cols, False, size
-        return len(frames), is_video, None
-
-    def runs(self, media: list[tuple]) -> list[list[int]]:
-        """Each medium's placeholder run: media are (frames or their number, is_video[, image size])."""
-        return [self.config.placeholders(*self.medium(*m)) for m in media]
-
+    # -- the pieces every path uses (with MediaInputs' medium, runs, layout and pixels) -----------------------
     def prompt_inputs(self, text: str) -> dict[str, torch.Tensor]:
         """The prompt tower's ids for `text` (its length: the extended one; SigLIP padded to it)."""
         prompt = encode_prompts(self.prompt_tokenizer, [text], self.config.prompt_config.max_position_embeddings,
@@ -125,22 +153,6 @@ class PPLLaVAProcessor:
         """input_ids (placeholders expanded) and attention_mask of one conversation, a batch of one."""
         ids = self.encoder.encode(messages, self.runs(media), add_generation_prompt=add_generation_prompt).input_ids
         return _batch_of_one(ids)
-
-    def layout(self, media: list[tuple]) -> dict[str, torch.Tensor]:
-        """Which frames belong to which medium, all of one sample (and the image size of anyres images)."""
-        items = [self.medium(*m) for m in media]
-        out = {"visual_frames": torch.tensor([n for n, _, _ in items]),
-               "visual_is_video": torch.tensor([v for _, v, _ in items]),
-               "visual_sample": torch.zeros(len(items), dtype=torch.long)}
-        if any(size for _, _, size in items):
-            out["visual_image_size"] = torch.tensor([size or (0, 0) for _, _, size in items])
-        return out
-
-    def pixels(self, frames: torch.Tensor, is_video: bool) -> torch.Tensor:
-        """One medium's pixel values: its frames preprocessed, or an anyres image's crops."""
-        if self.medium(frames, is_video)[2] is not None:
-            return self.preprocess.anyres(frames, self.config.image_grid_pinpoints)
-        return self.preprocess(frames)
 
     def encode(self, messages, media: list[tuple[torch.Tensor, bool]], prompt: str,
                add_generation_prompt: bool = True) -> dict:

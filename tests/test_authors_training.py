@@ -6,10 +6,11 @@ logits equal the exported folder's in one process without DeepSpeed).
 The model is tests/authors_layout.py's tiny Vicuna release (BT-Adapter of depth 3 on a 4-layer CLIP, time embedding
 of 8 frames) converted by ppllava.model.convert. Its BT-Adapter drops paths in training (btadapter_drop_path 0.1),
 so an exact resumption needs every process's RNG restored. The data mixes videos (4 of their 8 frames: within the
-adapter's 8), single images (image_newline) and a text-only row (the stand-in image), so the processes' micro-batches
-regularly differ in kind: under ZeRO every trainable parameter must then get a gradient on every process (a video-only
-micro-batch once left image_newline without one: the gradient reductions mismatched), and under ZeRO-3, run here with
-every parameter partitioned, each must be reached through its module's call (else it is an empty partition there).
+adapter's 8), single images (LLaVA-NeXT's anyres crops with image_newline, as inference reads them) and a text-only
+row (the stand-in image), so the processes' micro-batches regularly differ in kind: under ZeRO every trainable
+parameter must then get a gradient on every process (a video-only micro-batch once left image_newline without one:
+the gradient reductions mismatched), and under ZeRO-3, run here with every parameter partitioned, each must be
+reached through its module's call (else it is an empty partition there).
 
 The runs, helpers and deadlines are tests/test_train_runs.py's (torchrun subprocesses via tests/procs.py).
 """
@@ -25,7 +26,8 @@ import yaml
 pytest.importorskip("deepspeed")
 
 import authors_layout  # noqa: E402
-from ppllava.model import load_model  # noqa: E402
+from ppllava.model import anyres, load_model  # noqa: E402
+from ppllava.model.checkpoint import read_config  # noqa: E402
 from ppllava.model.convert import convert  # noqa: E402
 from ppllava.train.checkpoint import STATE_FILE  # noqa: E402
 from ppllava.train.config import DEEPSPEED_DIR  # noqa: E402
@@ -34,6 +36,7 @@ from test_train_runs import (DEADLINE, ONE_PROCESS, RECIPE, ROOT, TORCHRUN, WORK
                              metrics, run)
 from train_data import write_training_data  # noqa: E402
 
+IMAGE_SIZE = (48, 64)   # (H, W) of train_data's images
 FRAMES = 4              # of the data's 8; the converted adapter's time embedding has btadapter_max_frames (8) rows
 STEPS = 7               # 13 samples -> 7 per process (the sampler pads) -> 2 epochs x 7 micro-batches // 2 accumulation
 SAVE_EVERY = 3          # checkpoints at steps 3, 6 and 7; step 4 straddles the epoch boundary
@@ -160,7 +163,11 @@ def test_zero3_two_processes_train_the_bt_adapter_and_the_export_computes_as_the
     assert_adapter_trained(bed, exported)
     saved = torch.load(probe)                       # a 4-frame video and an image, and the engine's logits on them
     batch = saved["batch"]
-    assert batch["visual_frames"].tolist() == [FRAMES, 1] and batch["visual_is_video"].tolist() == [True, False]
+    assert batch["visual_is_video"].tolist() == [True, False]
+    config = read_config(bed["model"])           # the image as inference reads it: LLaVA-NeXT's anyres crops
+    rows, cols = anyres.grid_shape(IMAGE_SIZE, config.image_grid_pinpoints, config.vision_config.image_size)
+    assert batch["visual_frames"].tolist() == [FRAMES, 1 + rows * cols] and rows * cols > 1
+    assert batch["visual_image_size"].tolist() == [[0, 0], list(IMAGE_SIZE)]
     model = load_model(exported).eval()             # one process, no DeepSpeed
     assert model.dtype == torch.bfloat16 and model.config.btadapter_depth == 3
     with torch.no_grad():

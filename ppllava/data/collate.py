@@ -4,6 +4,8 @@
     pixel_values                        (F, 3, S, S) every frame of every medium, in item order
     visual_frames, visual_is_video,     (N,) per medium; visual_sample is its batch row
     visual_sample
+    visual_image_size                   (N, 2) the (height, width) of anyres images (processing.MediaInputs), 0 for
+                                        the other media (as Pipeline.generate_batch gives it)
     prompt_input_ids, prompt_attention_mask   (B, P) the pooling prompts, for the prompt tower
     skipped                             [Skipped, ...] the samples dropped from this batch (not a model input)
 
@@ -56,12 +58,14 @@ class Collator:
         out["input_ids"] = self._pad([i.input_ids for i in items], self.pad_token_id)
         out["labels"] = self._pad([i.labels for i in items], IGNORE)
         out["attention_mask"] = self._pad([torch.ones_like(i.input_ids) for i in items], 0)
-        media = [(row, t, v) for row, i in enumerate(items) for t, v in zip(i.frames, i.is_video)]
+        media = [(row, t, v, size) for row, i in enumerate(items)
+                 for t, v, size in zip(i.frames, i.is_video, i.image_sizes or [None] * len(i.frames))]
         if media:
             out["pixel_values"] = torch.cat([i.pixel_values for i in items if i.pixel_values is not None])
-            out["visual_frames"] = torch.tensor([t for _, t, _ in media], dtype=torch.long)
-            out["visual_is_video"] = torch.tensor([v for _, _, v in media], dtype=torch.bool)
-            out["visual_sample"] = torch.tensor([row for row, _, _ in media], dtype=torch.long)
+            out["visual_frames"] = torch.tensor([t for _, t, _, _ in media], dtype=torch.long)
+            out["visual_is_video"] = torch.tensor([v for _, _, v, _ in media], dtype=torch.bool)
+            out["visual_sample"] = torch.tensor([row for row, _, _, _ in media], dtype=torch.long)
+            out["visual_image_size"] = torch.tensor([size or (0, 0) for *_, size in media], dtype=torch.long)
             prompts = encode_prompts(self.prompt_tokenizer, [i.prompt for i in items], self.prompt_max_length,
                                      self.pad_prompts_to_max)
             out["prompt_input_ids"], out["prompt_attention_mask"] = prompts["input_ids"], prompts["attention_mask"]

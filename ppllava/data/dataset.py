@@ -3,7 +3,9 @@
 Images, multi-image and video samples of every configured dataset live in one index, so a shuffled
 sampler interleaves them within a batch. Videos are sampled per their dataset's `frames` (training:
 a random position in each of N equal segments, reproducible from (seed, epoch, index); evaluation:
-segment centres); an image is one frame.
+segment centres); an image is one frame, or, for a model with image_grid_pinpoints, LLaVA-NeXT's anyres crops
+with its image size, as inference cuts it (processing.MediaInputs: the crops, the placeholder run and the size
+come from the same code).
 
 Unreadable samples are never replaced: with strict=False (training) __getitem__ returns a Skipped
 record that the collator passes on for counting (see loader.SkipMonitor); with strict=True
@@ -21,7 +23,6 @@ from torch.utils.data import Dataset
 from ..conversation import pooling_prompt
 from .chat import ChatEncoder, TooLong
 from .errors import UnreadableSample
-from .preprocess import Preprocessor
 from .readers import FrameFolderReader, get_reader, read_image
 from .sampling import frame_window, read_clip
 from .sources import DataConfig, Media, Sample
@@ -33,10 +34,11 @@ class Item:
     input_ids: torch.Tensor           # (L,)
     labels: torch.Tensor              # (L,)
     pixel_values: torch.Tensor | None  # (F, 3, S, S) for all its media, or None
-    frames: tuple[int, ...]           # frames per medium
+    frames: tuple[int, ...]           # frames per medium (an anyres image: its crops)
     is_video: tuple[bool, ...]
     prompt: str                       # the prompt tower's text
     paths: tuple[str, ...]
+    image_sizes: tuple[tuple[int, int] | None, ...] = ()   # (H, W) per medium of anyres images, None for the others
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,10 @@ class ConversationDataset(Dataset):
     def __init__(self, samples: list[Sample], data: DataConfig, model_config, encoder: ChatEncoder,
                  train: bool = True, strict: bool | None = None, seed: int = 0):
         self.samples, self.data, self.config, self.encoder = samples, data, model_config, encoder
-        self.preprocess = Preprocessor.for_config(model_config)
+        from ..processing import MediaInputs          # not at import: ppllava.processing imports ppllava.data
+
+        self.media = MediaInputs(model_config)      # what inference reads of each medium
+        self.preprocess = self.media.preprocess
         with_video = {s.dataset for s in samples if any(m.kind == "video" for m in s.media)}
         self.readers = [get_reader(spec.reader) if d in with_video else None     # a missing library fails here
                         for d, spec in enumerate(data.datasets)]
@@ -84,13 +89,13 @@ class ConversationDataset(Dataset):
         return out
 
     def encode(self, sample: Sample, clips: list[torch.Tensor]) -> Item:
-        is_video = tuple(m.kind == "video" for m in sample.media)
-        frames = tuple(c.shape[0] for c in clips)
-        runs = [self.config.placeholders(t, v) for t, v in zip(frames, is_video)]
-        enc = self.encoder.encode_fitting(sample.messages, runs, self.data.max_length)
-        pixels = torch.cat([self.preprocess(c) for c in clips]) if clips else None
-        return Item(enc.input_ids, enc.labels, pixels, frames, is_video, pooling_prompt(list(enc.messages)),
-                    tuple(m.path for m in sample.media))
+        media = [(c, m.kind == "video") for c, m in zip(clips, sample.media)]
+        read = [self.media.medium(c, v) for c, v in media]          # (frames or crops, is_video, image size)
+        enc = self.encoder.encode_fitting(sample.messages, self.media.runs(media), self.data.max_length)
+        pixels = torch.cat([self.media.pixels(c, v) for c, v in media]) if media else None
+        return Item(enc.input_ids, enc.labels, pixels, tuple(n for n, _, _ in read), tuple(v for _, v, _ in read),
+                    pooling_prompt(list(enc.messages)), tuple(m.path for m in sample.media),
+                    tuple(size for _, _, size in read))
 
     def __getitem__(self, index: int) -> Item | Skipped:
         sample = self.samples[index]
