@@ -353,7 +353,8 @@ def test_two_frame_counts_under_a_token_budget_train_and_the_export_keeps_the_bu
     """`ppllava train`, one process: two datasets sample 8 and 24 frames of the same clips (test_token_budget.py
     checks the micro-batches these make: seed 0 mixes both lengths in one) under video_max_tokens 320, which pools
     them to 256 and 320 tokens; without it the 24-frame videos (768 tokens) would be over max_length 512, skipped,
-    and the run stopped. The export keeps the budget, so ppllava infer pools at it."""
+    and the run stopped. The export keeps the budget, so ppllava infer pools at it, and reads 24 frames (the most
+    it trained on) unless told otherwise."""
     from ppllava.train import export_checkpoint
     from train_data import write_training_data
 
@@ -369,8 +370,9 @@ def test_two_frame_counts_under_a_token_budget_train_and_the_export_keeps_the_bu
     capsys.readouterr()                                                    # zero_to_fp32's progress lines
     config = json.loads((exported / "config.json").read_text())
     assert (config["video_max_tokens"], config["video_pooled_size"]) == (320, None)
+    assert config["default_frames"] == 24                   # the longest videos it trained on: infer's default
     assert main(["infer", "--model", str(exported), "--video", str(data.parent / "media" / "v0.mp4"), "--prompt",
-                 "what", "--frames", "24", "--max-new-tokens", "2", "--json"]) == 0
+                 "what", "--max-new-tokens", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["visual_tokens"] == 320
 
 

@@ -80,12 +80,6 @@ def build_data(cfg: TrainConfig, model_config, tokenizer, prompt_tokenizer):
     return data, dataset, Collator.for_model(model_config, tokenizer, prompt_tokenizer)
 
 
-def trained_frames(data) -> int | None:
-    """The frames per video of a data config whose video datasets all sample the same number (else None)."""
-    counts = {d.frames for d in data.datasets}
-    return counts.pop() if len(counts) == 1 else None
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
@@ -122,7 +116,7 @@ class Trainer:
         if config.btadapter_depth and longest > config.btadapter_max_frames:
             raise ValueError(f"frames: videos of {longest} frames, more than the BT-Adapter's time embedding holds "
                              f"({config.btadapter_max_frames}, btadapter_max_frames): train on at most that many")
-        config.default_frames = trained_frames(self.data) or config.default_frames   # infer's default for --frames
+        config.default_frames = longest or config.default_frames   # infer's default for --frames: the most trained
         model = load_model(cfg.model, config=config)
         self.trains = model.apply_trainable()
         if cfg.gradient_checkpointing:
