@@ -37,9 +37,9 @@ import time
 import torch
 
 from backends.device import synchronize
-from backends.memory import peak_meter
 
 from .report import facts_line, mib, run_facts
+from .timing import interleaved
 
 # the model and data modules (transformers) are imported where used: the CLI reads MODEL_SIZES at start-up
 
@@ -231,28 +231,10 @@ def bench_e2e(device: torch.device, dtype: torch.dtype, size: str = DEFAULT_MODE
         model.config.pooling_mode = mode
         return run_once(model, preprocess, video, inputs[mode], device, new_tokens)
 
-    for mode in MODES:                                          # warm-up
-        step(f"warm-up {mode}")
-        run(mode)
-    times = {mode: [] for mode in MODES}
-    for r in range(repeats):
-        for mode in MODES:
-            step(f"run {r + 1}/{repeats} {mode}")
-            times[mode].append(run(mode))
+    times, peaks, memory = interleaved({mode: lambda mode=mode: run(mode) for mode in MODES}, repeats, device, step)
     step("vision tower alone")
     _vision_once(model, preprocess, video, device)
     vision = statistics.median(_vision_once(model, preprocess, video, device) for _ in range(repeats))
-
-    meter = peak_meter(device)
-    peaks = {}
-    for mode in MODES:
-        step(f"peak memory {mode}")
-        if not meter.ok:
-            peaks[mode] = None
-            continue
-        with meter:
-            run(mode)
-        peaks[mode] = meter.peak
 
     rows = {}
     for mode in MODES:
@@ -278,7 +260,7 @@ def bench_e2e(device: torch.device, dtype: torch.dtype, size: str = DEFAULT_MODE
         "timing": "from decoded uint8 frames in host memory (preprocess, vision tower, pooling, projector, LLM "
                   "prefill) to the first generated token, and to new_tokens greedy tokens; median of repeats "
                   "after one warm-up run per mode, modes interleaved",
-        "memory": meter.method if meter.ok else "unavailable here (needs /proc/self/clear_refs and glibc on the CPU)",
+        "memory": memory,
         "vision_s": vision,
         "modes": rows,
         "target": {**TARGET, "prompt_speedup_vs_none": prompt["speedup_vs_none"],

@@ -37,10 +37,10 @@ import time
 import torch
 
 from backends.device import synchronize
-from backends.memory import peak_meter
 
 from .e2e import describe_model, model_config, synthetic_frames
 from .report import facts_line, mib, run_facts
+from .timing import interleaved
 
 TARGET = {"beyond_vision_over_first_frames_max": 1.2, "questions_per_s_over_batch_1_min": 2.0,
           "at_batch_size": 8}
@@ -50,16 +50,11 @@ def bench_pipeline(config, device: torch.device, dtype: torch.dtype, seed: int, 
     """A Pipeline of `config` with random weights and the tiny tokenizers (the config's token ids set to theirs)."""
     from ..infer.pipeline import Pipeline
     from ..model.factory import build_model
-    from ..model.tiny import clip_tokenizer, llm_tokenizer
+    from ..model.tiny import clip_tokenizer, llm_tokenizer, use_token_ids
 
     tokenizer = llm_tokenizer()
     prompt_tokenizer = clip_tokenizer(config.prompt_config.max_position_embeddings)
-    config.image_token_id, config.video_token_id = tokenizer.convert_tokens_to_ids(["<image>", "<video>"])
-    text, prompt = config.text_config, config.prompt_config
-    text.eos_token_id, text.pad_token_id = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
-    text.bos_token_id = None
-    prompt.bos_token_id, prompt.eos_token_id = prompt_tokenizer.bos_token_id, prompt_tokenizer.eos_token_id
-    prompt.pad_token_id = prompt_tokenizer.pad_token_id
+    use_token_ids(config, tokenizer, prompt_tokenizer)
     config.check()
     model = build_model(config, seed=seed, dtype=dtype).to(device)
     return Pipeline(model, tokenizer, prompt_tokenizer, device, frames)
@@ -127,33 +122,21 @@ def bench_sweep(device: torch.device, dtype: torch.dtype, frames: tuple[int, ...
     def name(pair):
         return f"{pair[0]} frames, batch {pair[1]}" + ("" if pair[2] else ", vision per question")
 
-    for pair in pairs:
-        step(f"warm-up {name(pair)}")
-        run(pair)
-    times = {pair: [] for pair in pairs}
-    for r in range(repeats):
-        for pair in pairs:
-            step(f"run {r + 1}/{repeats} {name(pair)}")
-            times[pair].append(run(pair))
-    meter, peaks = peak_meter(device), {}
-    for pair in pairs:
-        step(f"peak memory {name(pair)}")
-        if meter.ok:
-            with meter:
-                run(pair)
-        peaks[pair] = meter.peak if meter.ok else None
+    times, peaks, memory = interleaved({name(pair): lambda pair=pair: run(pair) for pair in pairs}, repeats, device,
+                                       step)
 
     count = videos * questions
     rows = []
     for pair in pairs:
         f, b, share = pair
-        total = statistics.median(t["total_s"] for t in times[pair])
-        vision = statistics.median(t["vision_s"] for t in times[pair])
+        runs = times[name(pair)]
+        total = statistics.median(t["total_s"] for t in runs)
+        vision = statistics.median(t["vision_s"] for t in runs)
         rows.append({"frames": f, "batch_size": b, "shared_vision": share,
                      "visual_tokens": config.visual_tokens(f, True), "seconds_per_video": total / videos,
                      "questions_per_s": count / total, "vision_s_per_video": vision / videos,
                      "beyond_vision_s_per_video": (total - vision) / videos,
-                     "runs_s": [t["total_s"] for t in times[pair]], "peak_memory_bytes": peaks[pair]})
+                     "runs_s": [t["total_s"] for t in runs], "peak_memory_bytes": peaks[name(pair)]})
     _relate(rows)
     return {
         **run_facts(device, dtype),
@@ -164,7 +147,7 @@ def bench_sweep(device: torch.device, dtype: torch.dtype, frames: tuple[int, ...
         "timing": "from decoded uint8 frames in host memory through Pipeline.from_frames (preprocess, vision tower) "
                   "and Pipeline.ask_batch (prompt tower, pooling, projector, LLM) to the last answer, as `ppllava "
                   "eval --batch-size` groups questions; median of repeats after a warm-up run per pair, interleaved",
-        "memory": meter.method if meter.ok else "unavailable here (needs /proc/self/clear_refs and glibc on the CPU)",
+        "memory": memory,
         "rows": rows,
         "target": _target(rows),
     }

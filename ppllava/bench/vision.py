@@ -35,6 +35,7 @@ from backends.device import synchronize
 from backends.memory import peak_meter
 
 from .report import facts_line, mib, run_facts
+from .timing import interleaved, memory_method
 
 WAYS = ("early_stop", "full_forward")
 
@@ -117,7 +118,7 @@ class FeaturesDiffer(RuntimeError):
 
 @torch.no_grad()
 def bench_frames(tower, family, layer: int, size: int, frames: int, repeats: int, device: torch.device, seed: int,
-                 meter, step) -> dict:
+                 step) -> dict:
     """One frame count's row: both ways on the same random pixel_values (F, 3, size, size); see the module
     docstring."""
     gen = torch.Generator().manual_seed(seed)
@@ -138,20 +139,9 @@ def bench_frames(tower, family, layer: int, size: int, frames: int, repeats: int
     state_bytes = frames * tokens * hidden * early.element_size()
     del early, full
 
-    runs = {way: [] for way in WAYS}
-    for r in range(repeats):
-        for way in WAYS:
-            step(f"{frames} frames: run {r + 1}/{repeats} {way}")
-            runs[way].append(_seconds(ways[way], pixel_values, device))
-    peaks = {}
-    for way in WAYS:
-        step(f"{frames} frames: peak memory {way}")
-        if meter.ok:
-            with meter:
-                ways[way](pixel_values)
-            peaks[way] = meter.peak
-        else:
-            peaks[way] = None
+    # the features check above was each way's warm-up
+    runs, peaks, _ = interleaved({way: lambda way=way: _seconds(ways[way], pixel_values, device) for way in WAYS},
+                                 repeats, device, lambda label: step(f"{frames} frames: {label}"), warmup=False)
 
     row = {"frames": frames, "tokens_per_frame": tokens, "full_forward_states": states}
     for way in WAYS:
@@ -181,9 +171,8 @@ def bench_vision(device: torch.device, dtype: torch.dtype, tower: str = DEFAULT_
     config = copy.deepcopy(config if config is not None else tower_config(tower))
     family = family_of_vision(config.vision_config.model_type)
     model = build_tower(config, seed, dtype).to(device)
-    meter = peak_meter(device)
     size = side(config.vision_config.image_size)
-    rows = [bench_frames(model, family, config.vision_feature_layer, size, f, repeats, device, seed, meter, step)
+    rows = [bench_frames(model, family, config.vision_feature_layer, size, f, repeats, device, seed, step)
             for f in frames]
     return {
         **run_facts(device, dtype),
@@ -192,7 +181,7 @@ def bench_vision(device: torch.device, dtype: torch.dtype, tower: str = DEFAULT_
         "timing": "pixel_values (F, 3, S, S) already on the device; all F frames in one call, as the model encodes "
                   "a video; torch.no_grad, device synchronised; median of repeats after one warm-up run of each "
                   "way, the ways alternating",
-        "memory": meter.method if meter.ok else "unavailable here (needs /proc/self/clear_refs and glibc on the CPU)",
+        "memory": memory_method(peak_meter(device)),
         "hidden_state_bytes": "analytical: the full forward keeps layers + 1 hidden states of F x tokens x hidden "
                               "(x the dtype's bytes) until the feature is picked, the early stop one",
         "frames": rows,

@@ -61,6 +61,19 @@ def clip_tokenizer(max_length: int, corpus: list[str] = CORPUS, vocab_size: int 
     return tokenizer
 
 
+def use_token_ids(config, tokenizer, prompt_tokenizer=None) -> None:
+    """Point a config's special tokens at the tiny tokenizers' (llm_tokenizer; clip_tokenizer where given): the
+    placeholders <image> / <video>; as Qwen2-Instruct, a turn's end ends the answer and <|endoftext|> pads."""
+    config.image_token_id, config.video_token_id = tokenizer.convert_tokens_to_ids(["<image>", "<video>"])
+    text = config.text_config
+    text.eos_token_id, text.pad_token_id = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    text.bos_token_id = None
+    if prompt_tokenizer is not None:
+        prompt = config.prompt_config
+        prompt.bos_token_id, prompt.eos_token_id = prompt_tokenizer.bos_token_id, prompt_tokenizer.eos_token_id
+        prompt.pad_token_id = prompt_tokenizer.pad_token_id
+
+
 def save_tiny_checkpoint(directory: str | Path, seed: int = 0, corpus: list[str] = CORPUS,
                          architecture: str = "tiny", vocab_size: int = 300, overrides: dict | None = None) -> Path:
     """Write a random checkpoint of a tiny `architecture` (configs/model/) with tokenizers of at most
@@ -71,10 +84,7 @@ def save_tiny_checkpoint(directory: str | Path, seed: int = 0, corpus: list[str]
         raise ValueError(f"{out} already exists and is not an empty folder")
     tokenizer = llm_tokenizer(corpus, vocab_size)
     config = load_config(architecture)
-    config.image_token_id, config.video_token_id = tokenizer.convert_tokens_to_ids(["<image>", "<video>"])
-    text = config.text_config                      # as Qwen2-Instruct: a turn ends the answer, <|endoftext|> pads
-    text.eos_token_id, text.pad_token_id = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
-    text.bos_token_id = None
+    use_token_ids(config, tokenizer)
     for key, value in (overrides or {}).items():
         setattr(config, key, value)
     config.check()
