@@ -43,7 +43,7 @@ def test_rows_of_different_lengths_decode_as_each_alone(kind):
         held = [_alone(lm, r, 10, stops, min_new=10) for r in rows]
         assert greedy_rows(lm, rows, 10, stops, min_new_tokens=10) == held
         assert all(len(h) == 10 for h in held)
-        assert greedy_rows(lm, rows[1:2], 10, stops) == want[1:2]          # one row: no merge
+        assert greedy_rows(lm, rows[1:2], 10, stops) == want[1:2]          # one row
 
 
 def test_each_prefill_reads_its_own_tokens_and_every_step_all_rows():
@@ -58,3 +58,24 @@ def test_each_prefill_reads_its_own_tokens_and_every_step_all_rows():
     assert [len(o) for o in out] == [4, 4, 4]
     # three prefills of their own lengths (no padding to 40), then 3 batched steps of one token per row
     assert seen == [(1, 5), (1, 40), (1, 12), (3, 1), (3, 1), (3, 1)]
+
+
+def test_steps_write_the_cache_in_place():
+    """Every decoding step attends over views of one buffer per layer, sized for the prefill and every step's
+    position: the cache is never copied to grow (transformers' DynamicLayer concatenates at every step)."""
+    lm = _lm("llama")
+    storages, lengths = [], []
+
+    def look(module, args, kwargs):
+        if kwargs.get("cache") is not None:
+            layer = kwargs["cache"].layers[0]
+            storages.append(layer.keys.untyped_storage().data_ptr())
+            lengths.append(layer.keys.shape[2])
+    lm.register_forward_pre_hook(look, with_kwargs=True)
+    gen = torch.Generator().manual_seed(3)
+    rows = [lm.get_input_embeddings()(torch.randint(0, 97, (n,), generator=gen)) for n in (7, 19)]
+    with torch.no_grad():
+        out = greedy_rows(lm, rows, 6, [], min_new_tokens=6)
+    assert [len(o) for o in out] == [6, 6]
+    assert lengths == [19, 20, 21, 22, 23]                    # 5 steps after the prefills, one position each
+    assert len(set(storages)) == 1

@@ -5,7 +5,8 @@ visual tokens would cost the video's length, and on a compute-bound device (a CP
 nothing anyway. Here each row is prefilled on exactly its own tokens, as it would be alone; the rows' KV caches
 are then left-padded to one length and merged, and every further token of every row comes from one batched
 step of the LLM, the padding masked and each row at its own positions. The steps are where batching pays: one
-pass over the weights serves every row.
+pass over the weights serves every row. The merged cache has room for every step's position from the start, so
+a step writes one position in place (transformers' DynamicLayer copies the whole cache to grow it by one).
 
 Greedy: the argmax of each row's logits; no stop token before `min_new_tokens`; a row ends at its first stop token
 (not part of its answer); the loop ends when every row has stopped or after `max_new_tokens`.
@@ -16,7 +17,8 @@ from __future__ import annotations
 import inspect
 
 import torch
-from transformers import DynamicCache
+from transformers import Cache, DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 
 def _last_logits(lm) -> dict:
@@ -25,18 +27,41 @@ def _last_logits(lm) -> dict:
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(lm.forward).parameters else {}
 
 
-def _merge(caches: list[DynamicCache], lengths: list[int]) -> DynamicCache:
-    """One cache of the rows' caches, each left-padded with zeros to the longest (the padding is masked)."""
+class _Reserved(DynamicLayer):
+    """One layer's keys and values, (rows, heads, positions, head_dim), in buffers with room for more positions:
+    an update writes its positions in place, and `keys` / `values` are views of the positions written."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, written: int):
+        super().__init__()
+        self.device, self.is_initialized = keys.device, True
+        self._keys, self._values, self._written = keys, values, written
+        self.keys, self.values = keys[:, :, :written], values[:, :, :written]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        end = self._written + key_states.shape[-2]
+        if end > self._keys.shape[-2]:
+            raise RuntimeError(f"the decoding cache holds {self._keys.shape[-2]} positions, {end} asked")
+        self._keys[:, :, self._written:end] = key_states
+        self._values[:, :, self._written:end] = value_states
+        self._written = end
+        self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
+        return self.keys, self.values
+
+
+def _merge(caches: list[DynamicCache], lengths: list[int], room: int) -> Cache:
+    """One cache of the rows' caches, each left-padded with zeros to the longest (the padding is masked), with
+    `room` more positions for the decoding steps."""
     longest = max(lengths)
     merged = []
     for layer in range(len(caches[0].layers)):
-        keys, values = [], []
-        for cache, n in zip(caches, lengths):
-            k, v = cache.layers[layer].keys, cache.layers[layer].values      # (1, heads, n, head_dim)
-            keys.append(torch.nn.functional.pad(k, (0, 0, longest - n, 0)))
-            values.append(torch.nn.functional.pad(v, (0, 0, longest - n, 0)))
-        merged.append((torch.cat(keys), torch.cat(values)))
-    return DynamicCache(merged)
+        first = caches[0].layers[layer]
+        shape = (len(caches), first.keys.shape[1], longest + room, first.keys.shape[3])
+        keys, values = first.keys.new_zeros(shape), first.values.new_zeros(shape[:3] + first.values.shape[3:])
+        for row, (cache, n) in enumerate(zip(caches, lengths)):
+            keys[row, :, longest - n:longest] = cache.layers[layer].keys[0]
+            values[row, :, longest - n:longest] = cache.layers[layer].values[0]
+        merged.append(_Reserved(keys, values, longest))
+    return Cache(layers=merged)
 
 
 @torch.no_grad()
@@ -56,7 +81,7 @@ def greedy_rows(lm, rows: list[torch.Tensor], max_new_tokens: int, stop_ids: lis
         logits.append(out.logits[0, -1])
     lengths = [r.shape[0] for r in rows]
     longest = max(lengths)
-    cache = _merge(caches, lengths) if len(rows) > 1 else caches[0]
+    cache = _merge(caches, lengths, max_new_tokens - 1)
     mask = torch.zeros((len(rows), longest), dtype=torch.long, device=device)
     for i, n in enumerate(lengths):
         mask[i, longest - n:] = 1
