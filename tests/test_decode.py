@@ -79,3 +79,14 @@ def test_steps_write_the_cache_in_place():
     assert [len(o) for o in out] == [6, 6]
     assert lengths == [19, 20, 21, 22, 23]                    # 5 steps after the prefills, one position each
     assert len(set(storages)) == 1
+
+
+def test_a_sliding_window_cache_is_refused_not_misread():
+    """A sliding-window layer's cache keeps only its window: merging it as if it held every position would put
+    keys at the wrong positions, so batched decoding says so instead."""
+    torch.manual_seed(0)
+    lm = Qwen2ForCausalLM(Qwen2Config(**SHAPE, use_sliding_window=True, sliding_window=8, max_window_layers=0)).eval()
+    gen = torch.Generator().manual_seed(4)
+    rows = [lm.get_input_embeddings()(torch.randint(0, 97, (n,), generator=gen)) for n in (20, 5)]
+    with torch.no_grad(), pytest.raises(ValueError, match="sliding-window"):
+        greedy_rows(lm, rows, 3, [])

@@ -58,6 +58,9 @@ def _merge(caches: list[DynamicCache], lengths: list[int], room: int) -> Cache:
         shape = (len(caches), first.keys.shape[1], longest + room, first.keys.shape[3])
         keys, values = first.keys.new_zeros(shape), first.values.new_zeros(shape[:3] + first.values.shape[3:])
         for row, (cache, n) in enumerate(zip(caches, lengths)):
+            if cache.layers[layer].keys.shape[2] != n:
+                raise ValueError(f"layer {layer}'s cache holds {cache.layers[layer].keys.shape[2]} of a row's {n} "
+                                 "positions (a sliding-window cache): batched decoding needs every position")
             keys[row, :, longest - n:longest] = cache.layers[layer].keys[0]
             values[row, :, longest - n:longest] = cache.layers[layer].values[0]
         merged.append(_Reserved(keys, values, longest))
