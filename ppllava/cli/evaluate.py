@@ -16,8 +16,9 @@ examples:
 With --device cuda:1 (or npu:1) one process runs there; under torchrun each process takes the device of
 its local rank. Each question is asked with its options as (A) ... (B) ... and "Answer with the option's letter"; the
 letter is read from the answer ("B", "(B)", "Answer: B", or the one option text it contains). Under
-torchrun each process answers every world_size-th question; rank 0 gathers, prints the accuracy overall
-and per category, and writes --out (every question's output, parsed choice and correctness) atomically.
+torchrun the videos are dealt out round-robin, each process answering every question of its videos; rank 0
+gathers, prints the accuracy overall and per category, and writes --out (every question's output, parsed
+choice and correctness) atomically.
 """
 
 
