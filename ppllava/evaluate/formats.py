@@ -129,6 +129,14 @@ def _video(root: Path, name: str) -> str:
 _OPTION_PREFIX = re.compile(r"^\(?([A-J])[.):]\s*")
 
 
+def _listed(record: dict, field: str) -> list:
+    """A record's list of options: a string there would read as one option per character."""
+    value = record[field]
+    if not isinstance(value, list):
+        raise TypeError(f"{field!r} is {type(value).__name__} {str(value)[:40]!r}; expected a list of the options")
+    return value
+
+
 def _strip_letter(option: str) -> str:
     return _OPTION_PREFIX.sub("", option.strip(), count=1)
 
@@ -142,7 +150,7 @@ def read_mvbench(path: Path, root: Path) -> list[Question]:
         folder = root / sub if sub and (root / sub).is_dir() else root
         for i, (where, r) in enumerate(_records(file)):
             with _at(file, where, "mvbench"):
-                options = tuple(str(c) for c in r["candidates"])
+                options = tuple(str(c) for c in _listed(r, "candidates"))
                 if "answer" in r and str(r["answer"]) not in options:
                     raise UserError(f"{file}: {where}: 'answer' {r['answer']!r} is none of its 'candidates' "
                                     f"({', '.join(map(repr, options))})")
@@ -157,7 +165,7 @@ def read_videomme(path: Path, root: Path) -> list[Question]:
     out = []
     for where, r in _records(path):
         with _at(path, where, "videomme"):
-            options = tuple(_strip_letter(o) for o in r["options"])
+            options = tuple(_strip_letter(o) for o in _listed(r, "options"))
             answer = None
             if r.get("answer"):
                 letters = LETTERS[:len(options)]
@@ -225,4 +233,6 @@ def load_benchmark(name: str, path: str | Path, video_root: str | Path | None = 
     for q in questions:
         if not 2 <= len(q.options) <= len(LETTERS):
             raise ValueError(f"{path}: question {q.id} has {len(q.options)} options")
+        if not isinstance(q.question, str) or not q.question.strip():
+            raise UserError(f"{path}: question {q.id}: 'question' is {q.question!r}; expected its text")
     return questions
