@@ -109,3 +109,20 @@ def test_malformed_records_and_arguments_are_refused(bed, tmp_path, capsys, argv
     assert main(["eval", *args, "--model", str(bed["model"]), "--frames", "4"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("ppllava eval: error: ") and all(w in err[0] for w in words), err
+
+
+def test_a_broken_file_beside_the_annotations_is_named(tmp_path):
+    """NExT-QA's map_vid_vidorID.json and EgoSchema's subset_answers.json cut short: the error named the csv / json."""
+    nq = tmp_path / "nextqa.csv"
+    nq.write_text("video,question,answer,qid,type,a0,a1,a2,a3,a4\nv0,what,2,1,CW,a,b,c,d,e\n")
+    (tmp_path / "map_vid_vidorID.json").write_text('{"v0": "v0.mp4"')
+    with pytest.raises(UserError, match=r"map_vid_vidorID\.json: not valid JSON"):
+        load_benchmark("nextqa", nq)
+    (tmp_path / "map_vid_vidorID.json").write_text('["v0.mp4"]')
+    with pytest.raises(UserError, match=r"map_vid_vidorID\.json: expected a JSON object of id -> value, got a list"):
+        load_benchmark("nextqa", nq)
+    ego = tmp_path / "ego.json"
+    ego.write_text(json.dumps([{"q_uid": "v0", "question": "q", **{f"option {i}": str(i) for i in range(5)}}]))
+    (tmp_path / "subset_answers.json").write_text('{"v0": 1')
+    with pytest.raises(UserError, match=r"subset_answers\.json: not valid JSON"):
+        load_benchmark("egoschema", ego)

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, read_json
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -120,6 +120,14 @@ def _index(value, count: int, path: Path, where: str, field: str) -> int:
     return index
 
 
+def _side_file(path: Path) -> dict:
+    """A JSON object beside the annotations (NExT-QA's video map, EgoSchema's answers): its own errors name it."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object of id -> value, got a {type(data).__name__}")
+    return data
+
+
 def _video(root: Path, name: str) -> str:
     """root/name; a bare id that is not a folder of frames gets .mp4."""
     path = root / str(name)
@@ -183,7 +191,7 @@ def read_videomme(path: Path, root: Path) -> list[Question]:
 def read_nextqa(path: Path, root: Path) -> list[Question]:
     rows = list(csv.DictReader(_text(path).splitlines()))
     maps = [p / "map_vid_vidorID.json" for p in (path.parent, root)]
-    mapping = next((json.loads(m.read_text()) for m in maps if m.is_file()), {})
+    mapping = next((_side_file(m) for m in maps if m.is_file()), {})
     out = []
     for number, r in enumerate(rows, 2):                     # line 1 is the header
         where = f"line {number}"
@@ -200,7 +208,7 @@ def read_nextqa(path: Path, root: Path) -> list[Question]:
 
 def read_egoschema(path: Path, root: Path) -> list[Question]:
     answers_file = path.with_name("subset_answers.json")
-    answers = json.loads(answers_file.read_text()) if answers_file.is_file() else {}
+    answers = _side_file(answers_file) if answers_file.is_file() else {}
     out = []
     for where, r in _records(path):
         with _at(path, where, "egoschema"):
