@@ -88,6 +88,11 @@ def bed(tmp_path_factory):
     (root / "vmme-field.jsonl").write_text(json.dumps({k: v for k, v in row.items() if k != "options"}) + "\n")
     (root / "vmme-prose.jsonl").write_text("not json\n")
     (root / "mv.json").write_text(json.dumps([{"video": "v", "question": "q", "candidates": ["x"], "answer": "z"}]))
+    (root / "vmme-options.jsonl").write_text(json.dumps({**row, "options": "A. x B. y"}) + "\n")
+    (root / "nq").mkdir()
+    (root / "nq" / "nq.csv").write_text("video,question,answer,qid,type,a0,a1,a2,a3,a4\nv,what,1,1,CW,a,b,c,d,e\n")
+    (root / "nq" / "map_vid_vidorID.json").write_text('{"v": "v.mp4"')
+    (root / "blank.jsonl").write_text("\n")
     (root / "golden.pt").write_bytes(b"not a torch file")
     (root / "onlystate").mkdir()
     (root / "onlystate" / "trainer_state.json").write_text('{"step": 3, "posit')
@@ -134,6 +139,8 @@ ROWS = [
                                "{root}/a-folder"], {}, ["a-folder: Is a directory"]),
     ("batch out not rows", ["infer", "--model", "{root}/model", "--batch", "{root}/q.jsonl", "--out",
                             "{root}/torn-middle.jsonl"], {}, ["torn-middle.jsonl:2: not an answer row"]),
+    ("batch no questions", ["infer", "--model", "{root}/model", "--batch", "{root}/blank.jsonl", "--out", "{out}"],
+     {}, ["blank.jsonl: no questions"]),
     # explain
     ("explain empty prompt", ["explain", "--model", "{root}/model", "--video", "{root}/v.mp4", "--prompt", " ",
                               "--out", "{out}.png"], {}, ["the prompt is empty"]),
@@ -151,6 +158,11 @@ ROWS = [
     ("eval not json", [*EVAL[:4], "{root}/vmme-prose.jsonl", *EVAL[5:]], {}, ["vmme-prose.jsonl: line 1: not JSON"]),
     ("eval mvbench answer", ["eval", "--benchmark", "mvbench", "--data", "{root}/mv.json", "--model", "{root}/model"],
      {}, ["mv.json: record 1: 'answer' 'z' is none of its 'candidates'"]),
+    ("eval options a string", [*EVAL[:4], "{root}/vmme-options.jsonl", *EVAL[5:]], {},
+     ["vmme-options.jsonl: line 1", "'options' is str 'A. x B. y'; expected a list of the options"]),
+    ("eval max tokens 0", [*EVAL, "--max-new-tokens", "0"], {}, ["--max-new-tokens must be >= 1"]),
+    ("eval nextqa map cut", ["eval", "--benchmark", "nextqa", "--data", "{root}/nq/nq.csv", "--model", "{root}/model"],
+     {}, ["map_vid_vidorID.json: not valid JSON"]),
     ("eval out is a folder", [*EVAL, "--out", "{root}/a-folder"], {}, ["--out", "a-folder is a folder"]),
     # train and align recipes
     ("train yaml syntax", ["train", "--config", "{root}/syntax.yaml"], {}, ["syntax.yaml: not valid YAML (line 2"]),
@@ -174,6 +186,7 @@ ROWS = [
     ("launch cluster syntax", ["launch", "--cluster", "{root}/cluster.yaml", "--dry-run", "--", "train"], {},
      ["cluster.yaml: not valid YAML"]),
     ("parity golden not torch", ["parity", "check", "--golden", "{root}/golden.pt"], {}, ["golden.pt"]),
+    ("parity golden a folder", ["parity", "check", "--golden", "{root}/a-folder"], {}, ["a-folder is a folder"]),
     ("parity record out folder", ["parity", "record", "--out", "{root}/a-folder", "--case", "relevance_map"], {},
      ["a-folder"]),
     ("demo missing model", ["demo", "--model", "{root}/nomodel", "--out", "{out}.png"], {}, ["nomodel"]),

@@ -47,6 +47,9 @@ def test_duplicate_ids_binary_and_non_json_files_are_refused_naming_the_line(bed
     text = tmp_path / "text.jsonl"
     text.write_text('{"id": "x", "question": "a"}\nwhat is this video about?\n')
     one_line(capsys, argv(bed, text, out), [f"{text}:2: not JSON", "one JSON object a line"])
+    empty = tmp_path / "empty.jsonl"                         # it answered nothing and exited 0
+    empty.write_text("\n\n")
+    one_line(capsys, argv(bed, empty, out), [f"{empty}: no questions"])
     assert not out.exists()                                  # refused before anything ran
     good = tmp_path / "good.jsonl"
     good.write_text('{"id": "x", "question": "a"}\n')

@@ -1,6 +1,7 @@
 """`ppllava eval` on bad input (issue 21): --limit below 1 and a missing --videos folder are refused before any model is
 loaded; an answer that is not one of the question's options names the file, the record and the field; and an empty
-answer is shown (infer prints a note on stderr, the eval results keep the empty string)."""
+answer is shown (infer prints a note on stderr, the eval results keep the empty string); options given as one
+string, a question that is not text and --max-new-tokens 0 are refused."""
 
 from __future__ import annotations
 
@@ -84,3 +85,44 @@ def test_an_empty_answer_is_shown(bed, tmp_path, capsys):
                  "--frames", "4", "--max-new-tokens", "3", "--limit", "1", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["questions"]
     assert [(r["output"], r["choice"], r["correct"]) for r in rows] == [("", None, False)]
+
+
+def _record(path, **fields):
+    row = {"question_id": "1", "videoID": "v0", "question": "what?", "options": OPTIONS, "answer": "A"}
+    path.write_text(json.dumps({**row, **fields}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("argv,words", [
+    # options as one string read as one option per character, a question that is a number failed in the prompt
+    (["--benchmark", "videomme", "--data", "{root}/s.jsonl"], ["s.jsonl: line 1", "'options' is str 'A. a cat B. a dog'",
+                                                               "expected a list of the options"]),
+    (["--benchmark", "mvbench", "--data", "{root}/mv.json"], ["mv.json: record 1", "'candidates' is str 'xy'"]),
+    (["--benchmark", "videomme", "--data", "{root}/n.jsonl"], ["n.jsonl: question 1: 'question' is 5; expected its text"]),
+    (["--benchmark", "videomme", "--data", "{data}", "--max-new-tokens", "0"], ["--max-new-tokens must be >= 1, got 0"]),
+])
+def test_malformed_records_and_arguments_are_refused(bed, tmp_path, capsys, argv, words):
+    _record(tmp_path / "s.jsonl", options="A. a cat B. a dog")
+    _record(tmp_path / "n.jsonl", question=5)
+    (tmp_path / "mv.json").write_text(json.dumps([{"video": "v0", "question": "q", "candidates": "xy", "answer": "x"}]))
+    args = [a.replace("{root}", str(tmp_path)).replace("{data}", str(bed["data"])) for a in argv]
+    assert main(["eval", *args, "--model", str(bed["model"]), "--frames", "4"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("ppllava eval: error: ") and all(w in err[0] for w in words), err
+
+
+def test_a_broken_file_beside_the_annotations_is_named(tmp_path):
+    """NExT-QA's map_vid_vidorID.json and EgoSchema's subset_answers.json cut short: the error named the csv / json."""
+    nq = tmp_path / "nextqa.csv"
+    nq.write_text("video,question,answer,qid,type,a0,a1,a2,a3,a4\nv0,what,2,1,CW,a,b,c,d,e\n")
+    (tmp_path / "map_vid_vidorID.json").write_text('{"v0": "v0.mp4"')
+    with pytest.raises(UserError, match=r"map_vid_vidorID\.json: not valid JSON"):
+        load_benchmark("nextqa", nq)
+    (tmp_path / "map_vid_vidorID.json").write_text('["v0.mp4"]')
+    with pytest.raises(UserError, match=r"map_vid_vidorID\.json: expected a JSON object of id -> value, got a list"):
+        load_benchmark("nextqa", nq)
+    ego = tmp_path / "ego.json"
+    ego.write_text(json.dumps([{"q_uid": "v0", "question": "q", **{f"option {i}": str(i) for i in range(5)}}]))
+    (tmp_path / "subset_answers.json").write_text('{"v0": 1')
+    with pytest.raises(UserError, match=r"subset_answers\.json: not valid JSON"):
+        load_benchmark("egoschema", ego)

@@ -150,5 +150,7 @@ def test_cli_exit_codes(tmp_path, capsys, monkeypatch):
     (tmp_path / "junk.pt").write_text("not a golden file")
     assert main(["parity", "check", "--golden", str(tmp_path / "junk.pt")]) == 2
     assert main(["parity", "check", "--golden", path, "--case", "nope"]) == 2
+    assert main(["parity", "check", "--golden", str(tmp_path)]) == 2       # a folder: it was "does not exist"
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "not a parity golden file" in err[0] and "unknown parity case(s) nope" in err[1]
+    assert len(err) == 3 and "not a parity golden file" in err[0] and "unknown parity case(s) nope" in err[1]
+    assert f"golden file {tmp_path} is a folder; give the file" in err[2]

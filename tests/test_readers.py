@@ -191,6 +191,22 @@ def test_read_image(png, tmp_path):
     assert read_image(tmp_path / "grey.png").shape == (1, *SIZE, 3)
 
 
+def test_deep_images_are_not_clipped_to_white(png, tmp_path):
+    """Pillow's convert("RGB") clips pixels above 255: a 16-bit grey PNG read so came out nearly all white. It reads
+    as its 8-bit grey (v / 257); a float image beyond 0..255 is refused, one within it reads as before."""
+    import numpy as np
+    from PIL import Image
+    grey = np.array(Image.open(png).convert("L"))
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I;16")
+    assert torch.equal(read_image(tmp_path / "deep.png")[0], torch.from_numpy(grey)[..., None].expand(*SIZE, 3))
+    Image.fromarray(grey.astype(np.float32)).save(tmp_path / "float.tiff")
+    assert torch.equal(read_image(tmp_path / "float.tiff"), read_image(tmp_path / "deep.png"))
+    Image.fromarray(grey.astype(np.float32) * 4).save(tmp_path / "bright.tiff")
+    error = _unreadable(tmp_path / "bright.tiff", lambda: read_image(tmp_path / "bright.tiff"))
+    assert "F-mode image with pixels from 0.0 to 1020.0" in error.reason and "save it as an 8-bit image" in error.reason
+
+
 @pytest.mark.parametrize("kind", ["missing", "empty", "text", "cut"])
 def test_broken_image(png, tmp_path, kind):
     path = {"missing": lambda: tmp_path / "none.png", "empty": lambda: videos.write_empty(tmp_path / "e.png"),

@@ -18,11 +18,11 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ..data import DataError, Skipped, UnreadableSample
+from ..data.readers import rgb_pixels
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -109,7 +109,9 @@ def _decode(data: bytes, where: str) -> torch.Tensor:
 
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return torch.from_numpy(np.array(image.convert("RGB")))
+            return torch.from_numpy(rgb_pixels(image, where))
+    except UnreadableSample:
+        raise
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
         raise UnreadableSample(where, f"Pillow cannot read it: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 

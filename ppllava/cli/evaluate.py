@@ -55,6 +55,8 @@ def run(args) -> int:
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: give the number of questions to answer (>= 1), or leave it out for all")
     if args.videos is not None and not Path(args.videos).is_dir():

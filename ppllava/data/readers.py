@@ -544,9 +544,26 @@ def _load_image(path: str) -> torch.Tensor:
         raise UnreadableSample(path, "empty file (0 bytes)")
     try:
         with Image.open(path) as image:
-            return torch.from_numpy(np.array(image.convert("RGB")))
+            return torch.from_numpy(rgb_pixels(image, path))
+    except UnreadableSample:
+        raise
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
         raise UnreadableSample(path, f"Pillow cannot read it: {_one_line(error)}") from None
+
+
+def rgb_pixels(image, where: str) -> np.ndarray:
+    """uint8 (H, W, 3) of an opened Pillow image. Pillow's convert("RGB") clips pixels above 255: a 16-bit grey
+    image (modes I;16*) is scaled to 8 bits instead (v / 257, so an 8-bit image stored as 16-bit reads the same),
+    and a 32-bit int or float image (I, F) whose pixels leave 0..255 is an UnreadableSample naming its range."""
+    if image.mode.startswith("I;16"):
+        grey = np.round(np.asarray(image, dtype=np.float32) / 257).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if image.mode in ("I", "F"):
+        low, high = image.getextrema()
+        if low < 0 or high > 255:
+            raise UnreadableSample(where, f"a {image.mode}-mode image with pixels from {low} to {high}, beyond the "
+                                          f"8-bit 0..255 it would be clipped to: save it as an 8-bit image")
+    return np.array(image.convert("RGB"))
 
 
 def read_image(path) -> torch.Tensor:

@@ -155,9 +155,19 @@ def load_samples(config: DataConfig) -> list[Sample]:
             try:
                 media, messages = parse(record, spec.root)
             except (KeyError, TypeError, AttributeError, ValueError) as e:
-                raise DataError(f"{spec.annotation}: record {r}: {e}") from None
+                raise DataError(f"{spec.annotation}: record {r}: {_record_problem(e, spec.format)}") from None
             samples.append(Sample(tuple(media), tuple(messages), d, r))
     return samples
+
+
+def _record_problem(error: Exception, format: str) -> str:
+    """What a parser's error says about its record: our own ValueErrors as they are, a missing field by name, and a
+    value of the wrong type (e.g. "conversations" a string) as not in the format."""
+    if isinstance(error, KeyError):
+        return f"no field {error.args[0]!r} (the {format} format: see ppllava/data/sources.py)"
+    if isinstance(error, (TypeError, AttributeError)):
+        return f"not in the {format} format ({type(error).__name__}: {error})"
+    return str(error)
 
 
 # -- formats ----------------------------------------------------------------------------------------

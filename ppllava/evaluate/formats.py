@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, read_json
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -120,6 +120,14 @@ def _index(value, count: int, path: Path, where: str, field: str) -> int:
     return index
 
 
+def _side_file(path: Path) -> dict:
+    """A JSON object beside the annotations (NExT-QA's video map, EgoSchema's answers): its own errors name it."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object of id -> value, got a {type(data).__name__}")
+    return data
+
+
 def _video(root: Path, name: str) -> str:
     """root/name; a bare id that is not a folder of frames gets .mp4."""
     path = root / str(name)
@@ -127,6 +135,14 @@ def _video(root: Path, name: str) -> str:
 
 
 _OPTION_PREFIX = re.compile(r"^\(?([A-J])[.):]\s*")
+
+
+def _listed(record: dict, field: str) -> list:
+    """A record's list of options: a string there would read as one option per character."""
+    value = record[field]
+    if not isinstance(value, list):
+        raise TypeError(f"{field!r} is {type(value).__name__} {str(value)[:40]!r}; expected a list of the options")
+    return value
 
 
 def _strip_letter(option: str) -> str:
@@ -142,7 +158,7 @@ def read_mvbench(path: Path, root: Path) -> list[Question]:
         folder = root / sub if sub and (root / sub).is_dir() else root
         for i, (where, r) in enumerate(_records(file)):
             with _at(file, where, "mvbench"):
-                options = tuple(str(c) for c in r["candidates"])
+                options = tuple(str(c) for c in _listed(r, "candidates"))
                 if "answer" in r and str(r["answer"]) not in options:
                     raise UserError(f"{file}: {where}: 'answer' {r['answer']!r} is none of its 'candidates' "
                                     f"({', '.join(map(repr, options))})")
@@ -157,7 +173,7 @@ def read_videomme(path: Path, root: Path) -> list[Question]:
     out = []
     for where, r in _records(path):
         with _at(path, where, "videomme"):
-            options = tuple(_strip_letter(o) for o in r["options"])
+            options = tuple(_strip_letter(o) for o in _listed(r, "options"))
             answer = None
             if r.get("answer"):
                 letters = LETTERS[:len(options)]
@@ -175,7 +191,7 @@ def read_videomme(path: Path, root: Path) -> list[Question]:
 def read_nextqa(path: Path, root: Path) -> list[Question]:
     rows = list(csv.DictReader(_text(path).splitlines()))
     maps = [p / "map_vid_vidorID.json" for p in (path.parent, root)]
-    mapping = next((json.loads(m.read_text()) for m in maps if m.is_file()), {})
+    mapping = next((_side_file(m) for m in maps if m.is_file()), {})
     out = []
     for number, r in enumerate(rows, 2):                     # line 1 is the header
         where = f"line {number}"
@@ -192,7 +208,7 @@ def read_nextqa(path: Path, root: Path) -> list[Question]:
 
 def read_egoschema(path: Path, root: Path) -> list[Question]:
     answers_file = path.with_name("subset_answers.json")
-    answers = json.loads(answers_file.read_text()) if answers_file.is_file() else {}
+    answers = _side_file(answers_file) if answers_file.is_file() else {}
     out = []
     for where, r in _records(path):
         with _at(path, where, "egoschema"):
@@ -225,4 +241,6 @@ def load_benchmark(name: str, path: str | Path, video_root: str | Path | None = 
     for q in questions:
         if not 2 <= len(q.options) <= len(LETTERS):
             raise ValueError(f"{path}: question {q.id} has {len(q.options)} options")
+        if not isinstance(q.question, str) or not q.question.strip():
+            raise UserError(f"{path}: question {q.id}: 'question' is {q.question!r}; expected its text")
     return questions

@@ -53,6 +53,8 @@ def read_requests(path: str | Path) -> list[dict]:
                             f"its own \"id\"")
         seen[key] = number
         requests.append({**item, "id": key})
+    if not requests:                                       # a wrong file: nothing would run, and exit 0
+        raise UserError(f"{path}: no questions; expected one JSON object a line")
     return requests
 
 

@@ -87,6 +87,8 @@ def _is_pickle(path: Path) -> bool:
 def read(path: str | Path, kind: str | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
     """(header, tensors) of a golden file; `kind` ("ops" or "model") refuses the other kind by name."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"golden file {path} is a folder; give the file `ppllava parity record --out` wrote")
     if not path.is_file():
         raise FileNotFoundError(f"golden file {path} does not exist (make one with `ppllava parity record --out {path}`)")
     if _is_pickle(path):
