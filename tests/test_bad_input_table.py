@@ -139,11 +139,16 @@ ROWS = [
                                "{root}/a-folder"], {}, ["a-folder: Is a directory"]),
     ("batch out not rows", ["infer", "--model", "{root}/model", "--batch", "{root}/q.jsonl", "--out",
                             "{root}/torn-middle.jsonl"], {}, ["torn-middle.jsonl:2: not an answer row"]),
+    ("batch out where nothing is written", ["infer", "--model", "{root}/model", "--batch", "{root}/q.jsonl", "--out",
+                                            "/proc/ppllava/a.jsonl"], {}, ["no file can be written in /proc"]),
     ("batch no questions", ["infer", "--model", "{root}/model", "--batch", "{root}/blank.jsonl", "--out", "{out}"],
      {}, ["blank.jsonl: no questions"]),
     # explain
     ("explain empty prompt", ["explain", "--model", "{root}/model", "--video", "{root}/v.mp4", "--prompt", " ",
                               "--out", "{out}.png"], {}, ["the prompt is empty"]),
+    ("explain out where nothing is written", ["explain", "--model", "{root}/model", "--video", "{root}/v.mp4",
+                                              "--prompt", "what", "--out", "/proc/ppllava/x.png"], {},
+     ["no file can be written in /proc"]),
     ("explain missing video", ["explain", "--model", "{root}/model", "--video", "{root}/nope.mp4", "--prompt", "what",
                                "--out", "{out}.png"], {}, ["nope.mp4 does not exist"]),
     # eval
@@ -164,6 +169,9 @@ ROWS = [
     ("eval nextqa map cut", ["eval", "--benchmark", "nextqa", "--data", "{root}/nq/nq.csv", "--model", "{root}/model"],
      {}, ["map_vid_vidorID.json: not valid JSON"]),
     ("eval out is a folder", [*EVAL, "--out", "{root}/a-folder"], {}, ["--out", "a-folder is a folder"]),
+    ("eval out where nothing is written", [*EVAL, "--out", "/proc/ppllava/r.json"], {},
+     ["--out /proc/ppllava/r.json: no file can be written in /proc"]),
+    ("eval out under a file", [*EVAL, "--out", "{root}/v.mp4/r.json"], {}, ["v.mp4 is not a folder"]),
     # train and align recipes
     ("train yaml syntax", ["train", "--config", "{root}/syntax.yaml"], {}, ["syntax.yaml: not valid YAML (line 2"]),
     ("train python tag", ["train", "--config", "{root}/tagged.yaml"], {}, ["tagged.yaml: not valid YAML"]),

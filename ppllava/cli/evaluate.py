@@ -68,8 +68,8 @@ def run(args) -> int:
     if not questions:
         raise ValueError(f"{args.data}: no questions with a known answer")
     questions = questions[:args.limit]
-    if args.out and Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out} is a folder: give the path of the JSON file to write")
+    if args.out:
+        options.writable_output(args.out)
     from ppllava import distributed
     from ppllava.evaluate import evaluate, write_json_atomic
     from ppllava.infer import Pipeline

@@ -54,6 +54,7 @@ def run(args) -> int:
     if args.columns is not None and args.columns < 1:
         raise ValueError(f"--columns must be >= 1, got {args.columns}")
     check_out(args.out)
+    options.writable_output(args.out)
     options.existing_file(args.video, "--video")
     options.quiet_loading()
     pipe = Pipeline.load(args.model, device=args.device, dtype=args.dtype, frames=args.frames, reader=args.reader,

@@ -76,6 +76,8 @@ def run(args) -> int:
 
     requests = read_requests(args.batch) if args.batch else None
     done = resume(args.out) if args.batch else None
+    if args.batch:
+        options.writable_output(args.out)
     from ppllava.infer import Pipeline
 
     options.quiet_loading()

@@ -95,3 +95,29 @@ def existing_file(path: str | None, what: str) -> None:
 
     if path is not None and not os.path.exists(path):
         raise FileNotFoundError(f"{what} {path} does not exist")
+
+
+def writable_output(path: str, flag: str = "--out") -> None:
+    """Fail before any work when no file can be written at `path`: it is a folder, its folder is a file, or the
+    nearest existing folder refuses a new file (probed by making and removing one; folders still to be made are
+    made by the writer, at the end)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from ppllava.errors import UserError
+
+    target = Path(path)
+    if target.is_dir():
+        raise UserError(f"{flag} {path} is a folder: give the path of the file to write")
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"{flag} {path}: {folder} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".ppllava-write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise UserError(f"{flag} {path}: no file can be written in {folder} ({error.strerror or error})") from None
