@@ -154,6 +154,8 @@ ROWS = [
     # eval
     ("eval limit -1", [*EVAL, "--limit", "-1"], {}, ["--limit -1", ">= 1"]),
     ("eval missing videos", [*EVAL, "--videos", "{root}/novideos"], {}, ["--videos", "novideos does not exist"]),
+    ("eval no video there", [*EVAL, "--videos", "{root}/a-folder"], {},
+     ["none of the", "videos exists (the first: ", "a-folder/", "check --videos"]),
     ("eval missing data", ["eval", "--benchmark", "videomme", "--data", "{root}/no.jsonl", "--model", "{root}/model"],
      {}, ["no.jsonl does not exist"]),
     ("eval wrong letter", [*EVAL[:4], "{root}/vmme-letter.jsonl", *EVAL[5:]], {},

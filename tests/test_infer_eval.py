@@ -350,6 +350,26 @@ def test_eval_writes_results_that_check_by_hand(bed, benchmark, tmp_path, capsys
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
 
 
+def test_eval_says_before_loading_which_videos_do_not_exist(bed, tmp_path, capsys):
+    """Some videos missing: said on stderr before the model loads, their questions answered as unreadable (wrong);
+    none there (a wrong --videos): refused, exit 2, one line."""
+    rows = [{"question_id": str(i), "videoID": video, "question": "what happens", "options": ["A. a", "B. b"],
+             "answer": "A", "task_type": "count", "duration": "short"} for i, video in enumerate(["v0", "gone", "v0"])]
+    data = tmp_path / "bench.jsonl"
+    data.write_text("\n".join(map(json.dumps, rows)))
+    common = ["eval", "--benchmark", "videomme", "--data", str(data), "--model", str(bed["model"]), "--frames", "4",
+              "--max-new-tokens", "2"]
+    out = tmp_path / "r.json"
+    assert main([*common, "--videos", str(bed["root"]), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"1 of 2 videos do not exist (the first: {bed['root'] / 'gone.mp4'}); their questions count as wrong" in err
+    result = json.loads(out.read_text())
+    assert ["error" in r for r in result["questions"]] == [False, True, False] and result["errors"] == 1
+    assert main([*common, "--videos", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"none of the 2 videos exists (the first: {tmp_path / 'v0.mp4'}): check --videos" in err[0]
+
+
 def test_eval_two_processes_gather_the_same_results(bed, benchmark, tmp_path):
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     common = ["--benchmark", "videomme", "--data", str(benchmark), "--model", str(bed["model"]), "--frames", "4",

@@ -68,6 +68,7 @@ def run(args) -> int:
     if not questions:
         raise ValueError(f"{args.data}: no questions with a known answer")
     questions = questions[:args.limit]
+    _check_videos(questions, args.videos)
     if args.out:
         options.writable_output(args.out)
     from ppllava import distributed
@@ -91,6 +92,24 @@ def run(args) -> int:
         distributed.stop(barrier=False)
         raise
     return 0
+
+
+def _check_videos(questions, videos) -> None:
+    """Before the model loads: none of the videos there is a wrong --videos (refused); some missing are
+    answered as unreadable, which counts them wrong (said here, on stderr)."""
+    import sys
+
+    from ppllava.errors import UserError
+    from ppllava.evaluate.formats import missing_videos
+
+    missing = missing_videos(questions)
+    count = len({q.video for q in questions})
+    if missing and len(missing) == count:
+        where = videos or "not given: the folder of the annotation file"
+        raise UserError(f"none of the {count} videos exists (the first: {missing[0]}): check --videos ({where})")
+    if missing:
+        print(f"{len(missing)} of {count} videos do not exist (the first: {missing[0]}); their questions count as "
+              f"wrong", file=sys.stderr)
 
 
 def format_result(r: dict) -> str:

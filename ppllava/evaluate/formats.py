@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -132,6 +133,11 @@ def _video(root: Path, name: str) -> str:
     """root/name; a bare id that is not a folder of frames gets .mp4."""
     path = root / str(name)
     return str(path if path.suffix or path.is_dir() else path.with_name(f"{path.name}.mp4"))
+
+
+def missing_videos(questions: list[Question]) -> list[str]:
+    """The videos (files or frame folders) of `questions` that do not exist, in question order, each once."""
+    return [v for v in dict.fromkeys(q.video for q in questions) if not os.path.exists(v)]
 
 
 _OPTION_PREFIX = re.compile(r"^\(?([A-J])[.):]\s*")
