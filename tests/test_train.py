@@ -89,8 +89,10 @@ def test_deepspeed_config_may_not_restate_the_recipe(tmp_path):
     cfg = load_train_config(None, BASE + [f"deepspeed={clash}"])
     with pytest.raises(ValueError, match="train_batch_size come from the training recipe"):
         deepspeed_config(cfg, 1, 1)
-    with pytest.raises(ValueError, match="unknown deepspeed config 'zero9'"):
-        deepspeed_config(load_train_config(None, BASE + ["deepspeed=zero9"]), 1, 1)
+    with pytest.raises(ValueError, match="unknown deepspeed config 'zero9'"):      # when the recipe is read
+        load_train_config(None, BASE + ["deepspeed=zero9"])
+    with pytest.raises(FileNotFoundError, match="deepspeed config .*nope.yaml does not exist"):
+        load_train_config(None, BASE + [f"deepspeed={tmp_path / 'nope.yaml'}"])
 
 
 def test_cli_bad_recipe_exits_2_with_one_line(capsys):

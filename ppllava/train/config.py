@@ -39,6 +39,7 @@ class Recipe:
                 isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.betas):
             bad("betas", "must be two numbers in [0, 1)")
         self.betas = tuple(float(b) for b in self.betas)
+        self.deepspeed_path()                     # a missing DeepSpeed config: said now, not after the model loads
 
     def deepspeed_path(self) -> Path:
         return deepspeed_file(self.deepspeed)
