@@ -116,6 +116,24 @@ def test_frame_folder_natural_order(media):
         assert clip.fps == 30
 
 
+def test_tiff_frames_and_images_read_as_their_pngs(media, tmp_path):
+    """TIFF is an image format like the others: a folder of .tif/.tiff frames and a .tif image read the pixels
+    of the same frames saved as PNG (Pillow decodes both losslessly)."""
+    from PIL import Image
+
+    from ppllava.infer.pipeline import IMAGE_SUFFIXES
+
+    tiffs = tmp_path / "tiffs"
+    tiffs.mkdir()
+    for i in range(6):                                          # frames 0-5, in both suffixes
+        Image.open(media["folder"] / f"frame_{i}.png").save(tiffs / f"frame_{i}{'.tif' if i % 2 else '.tiff'}")
+    with FrameFolderReader().open(tiffs) as clip, FrameFolderReader().open(media["folder"]) as folder:
+        assert clip.num_frames == 6
+        assert torch.equal(clip.read(list(range(6))), folder.read(list(range(6))))
+    assert torch.equal(read_image(tiffs / "frame_1.tif"), read_image(media["folder"] / "frame_1.png"))
+    assert ".tif" in IMAGE_SUFFIXES and ".tiff" in IMAGE_SUFFIXES          # Pipeline.read takes them as images
+
+
 def test_frame_folder_matches_video(reader, media):
     with reader.open(media["mp4"]) as video, FrameFolderReader().open(media["folder"]) as folder:
         wanted = [1, 12, 25, 39]

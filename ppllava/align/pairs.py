@@ -2,7 +2,7 @@
 
     list.jsonl   one {"image": PATH, "caption": TEXT} a line
     list.tsv     one PATH<TAB>CAPTION a line
-    shards/      *.tar files in webdataset's layout: KEY.jpg (or .jpeg/.png/.webp) beside KEY.txt
+    shards/      *.tar files in webdataset's layout: KEY.jpg (or another of readers.IMAGE_SUFFIXES) beside KEY.txt
 
 Relative image paths are taken from the list file's folder. A tar shard is indexed once (member names,
 offsets and sizes, with the stdlib tarfile); its images and captions are then read by offset. A pair whose
@@ -22,9 +22,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data import DataError, Skipped, UnreadableSample
-from ..data.readers import rgb_pixels
+from ..data.readers import IMAGE_SUFFIXES, rgb_pixels
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ import torch
 
 from .errors import DataError, UnreadableSample
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")   # images, and frames in a folder
 
 
 log = logging.getLogger(__name__)
@@ -490,7 +490,7 @@ class TorchCodecClip(Clip):
 
 
 class FrameFolderReader:
-    """A folder of extracted frames (.jpg .jpeg .png .bmp .webp), in natural order, decoded by Pillow.
+    """A folder of extracted frames (IMAGE_SUFFIXES: .jpg .jpeg .png .bmp .webp .tif .tiff), in natural order, decoded by Pillow.
 
     The folder has no frame rate of its own: give `fps` when a sample's start/end times need one.
     """

@@ -25,13 +25,14 @@ from backends.device import dtype_from_name, resolve_device, synchronize
 
 from ..conversation import pooling_prompt
 from ..data import DataError, get_reader, read_image
+from ..data.readers import IMAGE_SUFFIXES as FRAME_SUFFIXES
 from ..data.readers import FrameFolderReader
 from ..data.sampling import frame_window, read_clip
 from ..model.checkpoint import load_model, load_tokenizers, read_config
 from ..processing import PPLLaVAProcessor
 from .decode import greedy_rows
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
+IMAGE_SUFFIXES = (*FRAME_SUFFIXES, ".gif")          # a file read as one image (a GIF: its first frame)
 
 
 @dataclass
