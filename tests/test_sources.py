@@ -119,8 +119,8 @@ def test_annotation_errors_name_the_file_and_record(tmp_path):
     anno.write_text(json.dumps([{"conversations": [{"from": "human", "value": "ok"}, {"from": "gpt", "value": "yes"}]},
                                 {"QA": []}]))
     path = write_config(tmp_path, [dict(name="a", format="llava", annotation="a.json", root=".")])
-    with pytest.raises(DataError, match=r"a.json: record 1: no field 'conversations' \(the llava format"):
+    with pytest.raises(DataError, match=r"a.json: record 2: no field 'conversations' \(the llava format"):
         load_samples(load_data_config(path))
     anno.write_text(json.dumps([{"video": "v.mp4", "conversations": "what happens?"}]))   # a string, not turns
-    with pytest.raises(DataError, match=r"a.json: record 0: not in the llava format \(TypeError: string indices"):
+    with pytest.raises(DataError, match=r"a.json: record 1: not in the llava format \(TypeError: string indices"):
         load_samples(load_data_config(path))

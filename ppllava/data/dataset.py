@@ -108,4 +108,4 @@ class ConversationDataset(Dataset):
         except TooLong as e:
             if self.strict:
                 raise
-            return Skipped(index, ", ".join(m.path for m in sample.media) or f"record {sample.record}", str(e))
+            return Skipped(index, ", ".join(m.path for m in sample.media) or f"record {sample.record + 1}", str(e))

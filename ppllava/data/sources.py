@@ -155,7 +155,7 @@ def load_samples(config: DataConfig) -> list[Sample]:
             try:
                 media, messages = parse(record, spec.root)
             except (KeyError, TypeError, AttributeError, ValueError) as e:
-                raise DataError(f"{spec.annotation}: record {r}: {_record_problem(e, spec.format)}") from None
+                raise DataError(f"{spec.annotation}: record {r + 1}: {_record_problem(e, spec.format)}") from None
             samples.append(Sample(tuple(media), tuple(messages), d, r))
     return samples
 
