@@ -105,7 +105,8 @@ def test_bench_e2e_table_and_a_config_of_the_callers(capsys):
     (["--batch-size", "1,0"], "--batch-size: expected comma-separated positive integers, got '1,0'"),
     (["--questions", "0"], "--questions: must be positive, got 0"),
     (["--videos", "-1"], "--videos: must be positive, got -1"),
-    (["--frames", "4", "--max-visual-tokens", "0"], "video_max_tokens must be a positive int, got 0"),
+    (["--frames", "4", "--max-visual-tokens", "0"], "--max-visual-tokens must be >= 1, got 0"),
+    (["--max-visual-tokens", "-5"], "--max-visual-tokens must be >= 1, got -5"),
 ])
 def test_bench_e2e_bad_arguments_exit_2(capsys, args, message):
     assert main(["bench", "e2e", *args]) == 2

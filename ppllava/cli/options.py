@@ -70,7 +70,12 @@ def add_budget(parser: argparse.ArgumentParser) -> None:
 
 def budget(args) -> dict:
     """Pipeline.load's keyword arguments for the budget options."""
-    return {"max_visual_tokens": getattr(args, "max_visual_tokens", None),
+    tokens = getattr(args, "max_visual_tokens", None)
+    if tokens is not None and tokens < 1:
+        from ppllava.errors import UserError
+
+        raise UserError(f"--max-visual-tokens must be >= 1, got {tokens}")
+    return {"max_visual_tokens": tokens,
             "pooled_size": getattr(args, "pooled_size", None)}
 
 
