@@ -370,6 +370,45 @@ def test_eval_says_before_loading_which_videos_do_not_exist(bed, tmp_path, capsy
     assert len(err) == 1 and f"none of the 2 videos exists (the first: {tmp_path / 'v0.mp4'}): check --videos" in err[0]
 
 
+def test_a_crashed_eval_resumes_with_the_answers_so_far(bed, benchmark, tmp_path, monkeypatch, capsys, caplog):
+    """Killed after three answers: the journal beside --out holds them; the same command asks only the rest, its
+    results equal an uninterrupted run's, and the journals are gone. A journal of other settings is refused; a
+    line cut short is asked again; journals of several processes are all read."""
+    from ppllava.infer import Pipeline
+
+    common = ["eval", "--benchmark", "videomme", "--data", str(benchmark), "--model", str(bed["model"]), "--frames",
+              "4", "--max-new-tokens", "4"]
+    clean = tmp_path / "clean.json"
+    assert main([*common, "--out", str(clean)]) == 0
+    real, asked = Pipeline.ask, []
+
+    def ask(self, visual, question, **kwargs):
+        if crash and len(asked) == 3:
+            raise KeyboardInterrupt                                     # as Ctrl-C or a kill, mid-run
+        asked.append(question)
+        return real(self, visual, question, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "ask", ask)
+    crash, out = True, tmp_path / "r.json"
+    assert main([*common, "--out", str(out)]) == 130 and not out.exists()
+    journal = tmp_path / ".r.json.answers-0.jsonl"
+    header, *rows = journal.read_text().splitlines()
+    assert [json.loads(r)["id"] for r in rows] == ["0", "1", "2"]
+    # as if a second process had answered question 2, and the first was killed while writing question 3
+    (tmp_path / ".r.json.answers-1.jsonl").write_text(header + "\n" + rows[2] + "\n")
+    journal.write_text(header + "\n" + rows[0] + "\n" + rows[1] + "\n" + '{"id": "3", "categ')
+    capsys.readouterr()
+    crash = False
+    assert main([*common, "--max-new-tokens", "3", "--out", str(out)]) == 2
+    assert "a partial run with other settings (max_new_tokens 4 there, 3 now)" in capsys.readouterr().err
+    asked.clear()
+    assert main([*common, "--out", str(out)]) == 0
+    assert len(asked) == 3                                  # questions 3, 4, 5 (x's video is unreadable, not asked)
+    assert "resuming: 3 of this process's 7 questions" in caplog.text and "line 4 was cut short" in caplog.text
+    assert json.loads(out.read_text()) == json.loads(clean.read_text())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_eval_two_processes_gather_the_same_results(bed, benchmark, tmp_path):
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     common = ["--benchmark", "videomme", "--data", str(benchmark), "--model", str(bed["model"]), "--frames", "4",
@@ -382,6 +421,7 @@ def test_eval_two_processes_gather_the_same_results(bed, benchmark, tmp_path):
     assert returncode == 0, stderr[-3000:]
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert b["processes"] == 2 and a["questions"] == b["questions"] and a["accuracy"] == b["accuracy"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]        # both processes' journals removed
 
 
 # -- the lmms-eval adapter (without lmms-eval: its requests are plain objects) -----------------------------

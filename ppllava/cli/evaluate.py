@@ -18,7 +18,9 @@ its local rank. Each question is asked with its options as (A) ... (B) ... and "
 letter is read from the answer ("B", "(B)", "Answer: B", or the one option text it contains). Under
 torchrun the videos are dealt out round-robin, each process answering every question of its videos; rank 0
 gathers, prints the accuracy overall and per category, and writes --out (every question's output, parsed
-choice and correctness) atomically.
+choice and correctness) atomically. With --out, each process also appends its answers as they come to a
+journal beside it (.OUT.answers-RANK.jsonl): after a crash, rerun the same command and only the questions not yet
+answered (and those that failed) are asked; the journals are removed once --out is written.
 """
 
 
@@ -33,7 +35,7 @@ def add_parser(sub) -> None:
                    help="folder the videos' paths are relative to (default: the data's folder; MVBench: its video/ "
                         "folder, whose per-task sub-folders are found by task)")
     p.add_argument("--model", required=True, help="a PPLLaVA checkpoint folder")
-    p.add_argument("--out", default=None, help="write the full results (JSON) here")
+    p.add_argument("--out", default=None, help="write the full results (JSON) here; a rerun after a crash resumes from the answers so far")
     options.add_device(p)
     options.add_reader(p)
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
@@ -73,6 +75,7 @@ def run(args) -> int:
         options.writable_output(args.out)
     from ppllava import distributed
     from ppllava.evaluate import evaluate, write_json_atomic
+    from ppllava.evaluate.journal import Journal
     from ppllava.infer import Pipeline
 
     options.quiet_loading()
@@ -82,16 +85,28 @@ def run(args) -> int:
                          **options.budget(args))
         if group.is_main:
             options.say_frames(args, pipe)
-        result = evaluate(pipe, questions, group, args.benchmark, args.max_new_tokens, args.batch_size)
+        journal = Journal(args.out, group.rank, _settings(args, pipe)) if args.out else None
+        result = evaluate(pipe, questions, group, args.benchmark, args.max_new_tokens, args.batch_size, journal)
         if result is not None:
             if args.out:
                 write_json_atomic(args.out, result)
+                journal.remove()
             print(format_result(result))
         distributed.stop()
     except BaseException:
         distributed.stop(barrier=False)
         raise
     return 0
+
+
+def _settings(args, pipe) -> dict:
+    """What the answers depend on: a journal of other settings is not resumed (evaluate/journal.py)."""
+    def absolute(path):
+        return None if path is None else str(Path(path).resolve())
+
+    return {"benchmark": args.benchmark, "data": absolute(args.data), "videos": absolute(args.videos),
+            "model": absolute(args.model), "frames": pipe.frames, "dtype": str(pipe.model.dtype),
+            "reader": args.reader, "max_new_tokens": args.max_new_tokens, **options.budget(args)}
 
 
 def _check_videos(questions, videos) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -13,13 +14,16 @@ from ..data import DataError
 from .formats import LETTERS, Question
 from .scoring import accuracy, extract_choice, mc_prompt, pooling_text
 
+log = logging.getLogger(__name__)
+
 
 def answer_all(pipeline, questions: list[Question], max_new_tokens: int = 16, progress: bool = True,
-               batch_size: int = 1) -> list[dict]:
+               batch_size: int = 1, on_rows=None) -> list[dict]:
     """One row per question: the raw answer, the parsed choice, whether it is right. A video that cannot be
     read, or a question that fails on the device (e.g. out of memory), is an error row counted as wrong,
     and the run goes on. Consecutive questions about one video share its decoded, encoded frames;
-    `batch_size` consecutive questions go through the LLM together (the same answers as one at a time)."""
+    `batch_size` consecutive questions go through the LLM together (the same answers as one at a time).
+    `on_rows(rows)`: called with each batch's rows once they are answered (the journal)."""
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     rows, cached = [], {}
@@ -51,6 +55,8 @@ def answer_all(pipeline, questions: list[Question], max_new_tokens: int = 16, pr
             for row in part:
                 row["correct"] = None if row["answer"] is None else row["choice"] == row["answer"]
             rows += part
+            if on_rows is not None:
+                on_rows(part)
             bar.update(len(chunk))
     return rows
 
@@ -102,10 +108,18 @@ def write_json_atomic(path: str | Path, data: dict) -> None:
 
 
 def evaluate(pipeline, questions: list[Question], group, benchmark: str, max_new_tokens: int = 16,
-             batch_size: int = 1) -> dict | None:
-    """Each process answers the questions of its videos; the main one gathers, scores and returns the results."""
-    mine = answer_all(pipeline, shard(questions, group.rank, group.world_size), max_new_tokens, progress=group.is_main,
-                      batch_size=batch_size)
+             batch_size: int = 1, journal=None) -> dict | None:
+    """Each process answers the questions of its videos; the main one gathers, scores and returns the results.
+    `journal` (evaluate/journal.py): rows answered by an earlier run are kept, new ones appended as they come."""
+    todo = shard(questions, group.rank, group.world_size)
+    done = journal.load() if journal is not None else {}
+    kept = [done[q.id] for q in todo if q.id in done]
+    if kept and group.is_main:
+        log.warning("resuming: %d of this process's %d questions were answered in %s", len(kept), len(todo),
+                    journal.out.parent)
+    fresh = answer_all(pipeline, [q for q in todo if q.id not in done], max_new_tokens, progress=group.is_main,
+                       batch_size=batch_size, on_rows=journal.append if journal is not None else None)
+    mine = kept + fresh
     gathered = group.gather(mine)
     if not group.is_main:
         return None
