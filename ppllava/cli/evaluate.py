@@ -35,7 +35,8 @@ def add_parser(sub) -> None:
                    help="folder the videos' paths are relative to (default: the data's folder; MVBench: its video/ "
                         "folder, whose per-task sub-folders are found by task)")
     p.add_argument("--model", required=True, help="a PPLLaVA checkpoint folder")
-    p.add_argument("--out", default=None, help="write the full results (JSON) here; a rerun after a crash resumes from the answers so far")
+    p.add_argument("--out", default=None,
+                   help="write the full results (JSON) here; a rerun after a crash resumes from the answers so far")
     options.add_device(p)
     options.add_reader(p)
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
