@@ -409,6 +409,14 @@ def test_a_crashed_eval_resumes_with_the_answers_so_far(bed, benchmark, tmp_path
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_eval_out_in_a_folder_still_to_make(bed, benchmark, tmp_path):
+    """The journal is written before --out: its folder is made for it, as for --out at the end."""
+    out = tmp_path / "new" / "deeper" / "r.json"
+    assert main(["eval", "--benchmark", "videomme", "--data", str(benchmark), "--model", str(bed["model"]), "--frames",
+                 "4", "--max-new-tokens", "2", "--limit", "2", "--out", str(out)]) == 0
+    assert len(json.loads(out.read_text())["questions"]) == 2 and os.listdir(out.parent) == ["r.json"]
+
+
 def test_eval_two_processes_gather_the_same_results(bed, benchmark, tmp_path):
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     common = ["--benchmark", "videomme", "--data", str(benchmark), "--model", str(bed["model"]), "--frames", "4",

@@ -58,6 +58,8 @@ class Journal:
     def append(self, rows: list[dict]) -> None:
         """Rows of this process, whole lines, flushed (the settings line first in a new journal)."""
         new = not self.path.is_file() or self.path.stat().st_size == 0
+        if new:
+            self.path.parent.mkdir(parents=True, exist_ok=True)     # --out's folder, made now rather than at the end
         with self.path.open("a", encoding="utf-8") as f:
             if new:
                 f.write(json.dumps({"settings": self.settings}) + "\n")
