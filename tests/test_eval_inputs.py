@@ -74,6 +74,16 @@ def test_wrong_answers_name_the_file_record_and_field(tmp_path):
         load_benchmark("videomme", missing)
 
 
+def test_a_question_id_given_twice_is_refused(tmp_path):
+    """Results rows, and the journal that resumes eval --out, are by question id: two questions of one id were both
+    answered with the first's row when resumed."""
+    path = tmp_path / "q.jsonl"
+    path.write_text("\n".join(json.dumps({"question_id": "7", "videoID": f"v{i}", "question": "what?", "options": OPTIONS,
+                                           "answer": "A"}) for i in range(2)))
+    with pytest.raises(UserError, match=r"q\.jsonl: question id '7' is given twice; give each question its own id"):
+        load_benchmark("videomme", path)
+
+
 def test_an_empty_answer_is_shown(bed, tmp_path, capsys):
     """The plain tiny checkpoint answers every prompt with newlines only: the answer is ''."""
     assert main(["infer", "--model", str(bed["model"]), "--video", str(bed["root"] / "v0.mp4"), "--prompt", "what?",

@@ -244,7 +244,11 @@ def load_benchmark(name: str, path: str | Path, video_root: str | Path | None = 
         raise ValueError(f"{path}: not in the {name} format ({type(e).__name__}: {e})") from None
     if not questions:
         raise ValueError(f"{path}: no questions")
+    seen = set()
     for q in questions:
+        if q.id in seen:                              # rows (and eval --out's journal) are matched by id
+            raise UserError(f"{path}: question id {q.id!r} is given twice; give each question its own id")
+        seen.add(q.id)
         if not 2 <= len(q.options) <= len(LETTERS):
             raise ValueError(f"{path}: question {q.id} has {len(q.options)} options")
         if not isinstance(q.question, str) or not q.question.strip():
