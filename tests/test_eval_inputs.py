@@ -84,6 +84,15 @@ def test_a_question_id_given_twice_is_refused(tmp_path):
         load_benchmark("videomme", path)
 
 
+def test_an_egoschema_q_uid_that_is_a_number_reads_as_text(tmp_path):
+    """Every format's ids are str (as the journal and the results read back); subset_answers.json's keys are too."""
+    ego = tmp_path / "ego.json"
+    ego.write_text(json.dumps([{"q_uid": 5, "question": "q", **{f"option {i}": str(i) for i in range(5)}}]))
+    (tmp_path / "subset_answers.json").write_text('{"5": 1}')
+    [q] = load_benchmark("egoschema", ego)
+    assert (q.id, q.answer, q.video) == ("5", 1, str(tmp_path / "5.mp4"))
+
+
 def test_an_empty_answer_is_shown(bed, tmp_path, capsys):
     """The plain tiny checkpoint answers every prompt with newlines only: the answer is ''."""
     assert main(["infer", "--model", str(bed["model"]), "--video", str(bed["root"] / "v0.mp4"), "--prompt", "what?",

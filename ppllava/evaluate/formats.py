@@ -218,11 +218,12 @@ def read_egoschema(path: Path, root: Path) -> list[Question]:
     out = []
     for where, r in _records(path):
         with _at(path, where, "egoschema"):
+            uid = str(r["q_uid"])                               # as subset_answers.json's keys (and every format's ids)
             options = tuple(r[f"option {k}"] for k in range(5))
-            answer = r.get("answer", answers.get(r["q_uid"]))
+            answer = r.get("answer", answers.get(uid))
             if answer is not None:
                 answer = _index(answer, len(options), path, where, "answer")
-            out.append(Question(r["q_uid"], _video(root, r["q_uid"]), r["question"], options, answer, "all"))
+            out.append(Question(uid, _video(root, uid), r["question"], options, answer, "all"))
     return out
 
 
