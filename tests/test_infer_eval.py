@@ -409,6 +409,20 @@ def test_a_crashed_eval_resumes_with_the_answers_so_far(bed, benchmark, tmp_path
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.parametrize("line", ['{"id": [1], "x": 1}', '[1]', '"text"', '{"id": "3"}', '{"id": 3, "category": "all", '
+                                  '"group": null, "video": "v", "answer": "A", "output": "A", "choice": "A", "correct": true}'])
+def test_a_journal_line_that_is_not_a_row_is_named(tmp_path, line):
+    """JSON but not a row eval wrote (an id that cannot be one, fields missing): refused in one line, not a
+    traceback (an unhashable id) nor a row that breaks the scoring at the end."""
+    from ppllava.errors import UserError
+    from ppllava.evaluate.journal import Journal
+
+    journal = Journal(tmp_path / "r.json", 0, {"frames": 4})
+    journal.path.write_text('{"settings": {"frames": 4}}\n' + line + "\n")
+    with pytest.raises(UserError, match=r"answers-0\.jsonl:2: not a journal line \(eval --out writes these\)"):
+        journal.load()
+
+
 def test_eval_out_in_a_folder_still_to_make(bed, benchmark, tmp_path):
     """The journal is written before --out: its folder is made for it, as for --out at the end."""
     out = tmp_path / "new" / "deeper" / "r.json"

@@ -16,6 +16,8 @@ from pathlib import Path
 from ..errors import UserError
 from ..infer.batch import repair
 
+ROW = {"id", "category", "group", "video", "answer", "output", "choice", "correct"}    # runner.answer_all's rows
+
 
 class Journal:
     def __init__(self, out: str | Path, rank: int, settings: dict):
@@ -38,11 +40,14 @@ class Journal:
                 try:
                     row = json.loads(line)
                 except ValueError:
-                    raise UserError(f"{path}:{number}: not a journal line (eval --out writes these); delete the "
-                                    f"file to answer its questions again") from None
-                if number == 1:
+                    row = None
+                if number == 1 and row is not None:
                     self._check(path, row)
-                elif isinstance(row, dict) and "id" in row and "error" not in row:
+                    continue
+                if not (isinstance(row, dict) and ROW <= row.keys() and isinstance(row["id"], str)):
+                    raise UserError(f"{path}:{number}: not a journal line (eval --out writes these); delete the "
+                                    f"file to answer its questions again")
+                if "error" not in row:
                     done[row["id"]] = row
         return done
 
