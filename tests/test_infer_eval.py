@@ -409,6 +409,35 @@ def test_a_crashed_eval_resumes_with_the_answers_so_far(bed, benchmark, tmp_path
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_a_journal_of_a_checkpoint_since_rewritten_is_refused(bed, benchmark, tmp_path, monkeypatch, capsys):
+    """The same --model path holding other weights (trained again into it) no longer resumes the old answers."""
+    import shutil
+
+    from ppllava.infer import Pipeline
+
+    model = shutil.copytree(bed["model"], tmp_path / "model")
+    argv = ["eval", "--benchmark", "videomme", "--data", str(benchmark), "--model", str(model), "--frames", "4",
+            "--max-new-tokens", "2", "--out", str(tmp_path / "r.json")]
+
+    real, asked = Pipeline.ask, []
+
+    def ask(self, visual, question, **kwargs):
+        if asked:
+            raise KeyboardInterrupt                                     # killed after one answer
+        asked.append(question)
+        return real(self, visual, question, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(Pipeline, "ask", ask)
+        assert main(argv) == 130 and (tmp_path / ".r.json.answers-0.jsonl").is_file()
+    weights = model / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "a partial run with other settings (checkpoint " in err and "rerun with those, or delete it" in err, err
+
+
 @pytest.mark.parametrize("line", ['{"id": [1], "x": 1}', '[1]', '"text"', '{"id": "3"}', '{"id": 3, "category": "all", '
                                   '"group": null, "video": "v", "answer": "A", "output": "A", "choice": "A", "correct": true}'])
 def test_a_journal_line_that_is_not_a_row_is_named(tmp_path, line):
