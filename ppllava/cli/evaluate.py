@@ -106,7 +106,8 @@ def _settings(args, pipe) -> dict:
         return None if path is None else str(Path(path).resolve())
 
     return {"benchmark": args.benchmark, "data": absolute(args.data), "videos": absolute(args.videos),
-            "model": absolute(args.model), "checkpoint": _checkpoint(args.model), "frames": pipe.frames, "dtype": str(pipe.model.dtype),
+            "model": absolute(args.model), "checkpoint": _checkpoint(args.model), "frames": pipe.frames,
+            "dtype": str(pipe.model.dtype),
             "reader": args.reader, "max_new_tokens": args.max_new_tokens, **options.budget(args)}
 
 

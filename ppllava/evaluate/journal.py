@@ -4,8 +4,9 @@ With --out R.json every process appends its rows to `.R.json.answers-<rank>.json
 question, flushed after each batch; the first line holds the run's settings. Rerunning the same command reads every
 process's journal (any number of processes), keeps the rows answered without an error and asks only the rest;
 once R.json is written the journals are removed. A journal of other settings (another model or its files written
-again, frame count, token limit, ...) is refused rather than mixed into the scores. A line cut short by the crash is dropped and its question
-asked again; each process repairs only its own journal, and a line another process has not finished is skipped.
+again, frame count, token limit, ...) is refused rather than mixed into the scores. A line cut short by the crash
+is dropped and its question asked again; each process repairs only its own journal, and a line another process has
+not finished is skipped.
 """
 
 from __future__ import annotations
