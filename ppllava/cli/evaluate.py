@@ -71,7 +71,6 @@ def run(args) -> int:
     if not questions:
         raise ValueError(f"{args.data}: no questions with a known answer")
     questions = questions[:args.limit]
-    _check_videos(questions, args.videos)
     if args.out:
         options.writable_output(args.out)
     from ppllava import distributed
@@ -82,6 +81,7 @@ def run(args) -> int:
     options.quiet_loading()
     group = distributed.start(deepspeed=False, device=None if args.device == "auto" else args.device)
     try:
+        _check_videos(questions, args.videos, say=group.is_main)
         pipe = Pipeline.load(args.model, device=group.device, dtype=args.dtype, frames=args.frames, reader=args.reader,
                          **options.budget(args))
         if group.is_main:
@@ -122,9 +122,9 @@ def _checkpoint(model) -> str:
     return f"{len(files)} files, {sum(f.st_size for f in files)} bytes, the last written {when}"
 
 
-def _check_videos(questions, videos) -> None:
+def _check_videos(questions, videos, say: bool = True) -> None:
     """Before the model loads: none of the videos there is a wrong --videos (refused); some missing are
-    answered as unreadable, which counts them wrong (said here, on stderr)."""
+    answered as unreadable, which counts them wrong (said on stderr when `say`: by the main process)."""
     import sys
 
     from ppllava.errors import UserError
@@ -135,7 +135,7 @@ def _check_videos(questions, videos) -> None:
     if missing and len(missing) == count:
         where = videos or "not given: the folder of the annotation file"
         raise UserError(f"none of the {count} videos exists (the first: {missing[0]}): check --videos ({where})")
-    if missing:
+    if missing and say:
         print(f"{len(missing)} of {count} videos do not exist (the first: {missing[0]}); their questions count as "
               f"wrong", file=sys.stderr)
 
