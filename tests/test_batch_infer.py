@@ -93,3 +93,28 @@ def test_a_torn_last_line_is_answered_again_and_a_bad_question_is_an_error_row(b
     assert third[:5] == second and [r["id"] for r in third] == ["a", "b", "c", "b", "d", "b"]
     answers = [r["id"] for r in third if "error" not in r]
     assert sorted(answers) == ["a", "c", "d"]                                            # each answered exactly once
+
+
+def test_answers_are_added_only_under_the_settings_already_in_the_file(bed, tmp_path, capsys):
+    """A rerun with another token limit (or model, frames, budget) would append answers of other settings to the
+    same file: refused before the model loads, one line naming the setting. The same settings resume; an output
+    with no answers yet takes any."""
+    video = str(bed["root"] / "v0.mp4")
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("\n".join(json.dumps({"id": i, "video": video, "question": f"what happens {i}"})
+                                   for i in "ab") + "\n")
+    out = tmp_path / "answers.jsonl"
+    short = questions.with_name("a.jsonl")
+    short.write_text(questions.read_text().splitlines()[0] + "\n")
+    assert main(argv(bed, short, out)) == 0                                    # question a, at 3 new tokens
+    capsys.readouterr()
+    one_line(capsys, [*argv(bed, questions, out)[:-1], "5"],
+             ["answers.jsonl holds answers given with other settings (max_new_tokens 3 there, 5 now)"])
+    one_line(capsys, [*argv(bed, questions, out), "--max-visual-tokens", "32"],
+             ["other settings (max_visual_tokens None there, 32 now)"])
+    assert [r["id"] for r in rows(out)] == ["a"]                              # nothing added by the refused runs
+    assert main(argv(bed, questions, out)) == 0                                # the same settings: b is added
+    assert [r["id"] for r in rows(out)] == ["a", "b"] and "already in" in capsys.readouterr().err
+    fresh = tmp_path / "fresh.jsonl"
+    fresh.write_text("")
+    assert main([*argv(bed, questions, fresh)[:-1], "5"]) == 0 and len(rows(fresh)) == 2

@@ -86,7 +86,7 @@ def run(args) -> int:
                          **options.budget(args))
         if group.is_main:
             options.say_frames(args, pipe)
-        journal = Journal(args.out, group.rank, _settings(args, pipe)) if args.out else None
+        journal = Journal(args.out, group.rank, _settings(args)) if args.out else None
         result = evaluate(pipe, questions, group, args.benchmark, args.max_new_tokens, args.batch_size, journal)
         if result is not None:
             if args.out:
@@ -100,26 +100,13 @@ def run(args) -> int:
     return 0
 
 
-def _settings(args, pipe) -> dict:
+def _settings(args) -> dict:
     """What the answers depend on: a journal of other settings is not resumed (evaluate/journal.py)."""
     def absolute(path):
         return None if path is None else str(Path(path).resolve())
 
     return {"benchmark": args.benchmark, "data": absolute(args.data), "videos": absolute(args.videos),
-            "model": absolute(args.model), "checkpoint": _checkpoint(args.model), "frames": pipe.frames,
-            "dtype": str(pipe.model.dtype),
-            "reader": args.reader, "max_new_tokens": args.max_new_tokens, **options.budget(args)}
-
-
-def _checkpoint(model) -> str:
-    """The checkpoint's files as they are now, cheaply (sizes and times, no hashing): weights written again into the
-    same folder read differently."""
-    import datetime
-
-    files = [p.stat() for p in Path(model).iterdir() if p.is_file()] if Path(model).is_dir() else []
-    newest = max((f.st_mtime_ns for f in files), default=0)
-    when = datetime.datetime.fromtimestamp(newest / 1e9, datetime.timezone.utc).isoformat(timespec="microseconds")
-    return f"{len(files)} files, {sum(f.st_size for f in files)} bytes, the last written {when}"
+            **options.run_settings(args)}
 
 
 def _check_videos(questions, videos, say: bool = True) -> None:

@@ -72,12 +72,14 @@ def run(args) -> int:
 
     _check(args)                                              # before the heavy imports: a bad argument is quick
     options.existing_file(args.video, "--video")
-    from ppllava.infer.batch import read_requests, resume, run_batch
+    from ppllava.infer.batch import check_settings, read_requests, resume, run_batch
 
     requests = read_requests(args.batch) if args.batch else None
     done = resume(args.out) if args.batch else None
     if args.batch:
         options.writable_output(args.out)
+        settings = options.run_settings(args)                # what the answers already in --out were given with
+        check_settings(args.out, settings)
     from ppllava.infer import Pipeline
 
     options.quiet_loading()
@@ -86,7 +88,7 @@ def run(args) -> int:
     options.say_frames(args, pipe)
     if requests is not None:
         result = run_batch(pipe, requests, args.out, args.max_new_tokens, base=Path(args.batch).parent, done=done,
-                           batch_size=args.batch_size)
+                           batch_size=args.batch_size, settings=settings)
         print(f"answered {result['answered']}, errors {result['errors']}, already in {args.out}: {result['skipped']}",
               file=sys.stderr)
         return 1 if result["errors"] else 0

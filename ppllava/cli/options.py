@@ -126,3 +126,25 @@ def writable_output(path: str, flag: str = "--out") -> None:
         os.unlink(probe)
     except OSError as error:
         raise UserError(f"{flag} {path}: no file can be written in {folder} ({error.strerror or error})") from None
+
+
+def run_settings(args) -> dict:
+    """What a run's answers depend on, from its arguments: answers kept from an earlier run (eval's journal,
+    infer --batch's --out) are resumed only under the same."""
+    from pathlib import Path
+
+    return {"model": str(Path(args.model).resolve()), "checkpoint": checkpoint_files(args.model),
+            "frames": args.frames, "dtype": args.dtype, "reader": args.reader, "max_new_tokens": args.max_new_tokens,
+            **budget(args)}
+
+
+def checkpoint_files(model) -> str:
+    """The checkpoint's files as they are now, cheaply (sizes and times, no hashing): weights written again into the
+    same folder read differently."""
+    import datetime
+    from pathlib import Path
+
+    files = [p.stat() for p in Path(model).iterdir() if p.is_file()] if Path(model).is_dir() else []
+    newest = max((f.st_mtime_ns for f in files), default=0)
+    when = datetime.datetime.fromtimestamp(newest / 1e9, datetime.timezone.utc).isoformat(timespec="microseconds")
+    return f"{len(files)} files, {sum(f.st_size for f in files)} bytes, the last written {when}"

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
-from ..infer.batch import repair
+from ..infer.batch import repair, settings_change
 
 ROW = {"id", "category", "group", "video", "answer", "output", "choice", "correct"}    # runner.answer_all's rows
 
@@ -56,10 +56,10 @@ class Journal:
         settings = header.get("settings") if isinstance(header, dict) else None
         if not isinstance(settings, dict):
             raise UserError(f"{path}: no settings line; delete the file to answer its questions again")
-        for key in sorted(set(settings) | set(self.settings)):
-            if settings.get(key) != self.settings.get(key):
-                raise UserError(f"{path}: a partial run with other settings ({key} {settings.get(key)!r} there, "
-                                f"{self.settings.get(key)!r} now): rerun with those, or delete it to start again")
+        change = settings_change(settings, self.settings)
+        if change:
+            raise UserError(f"{path}: a partial run with other settings ({change}): rerun with those, or delete it to "
+                            f"start again")
 
     def append(self, rows: list[dict]) -> None:
         """Rows of this process, whole lines, flushed (the settings line first in a new journal)."""

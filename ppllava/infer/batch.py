@@ -3,6 +3,7 @@ with the questions not yet answered, failed ones included).
 
 The answers file is only ever appended whole lines; a line cut short by a crash mid-write (the last line, with no
 newline) is dropped on the next run and its question answered again, so it is never glued to the next answer.
+The settings the answers were given with are kept beside it, and a rerun with others is refused (check_settings).
 """
 
 from __future__ import annotations
@@ -99,6 +100,37 @@ def answered(path: Path) -> set:
     return done
 
 
+def settings_change(recorded: dict, current: dict) -> str | None:
+    """The first setting that differs, as "KEY RECORDED there, CURRENT now", or None."""
+    for key in sorted(set(recorded) | set(current)):
+        if recorded.get(key) != current.get(key):
+            return f"{key} {recorded.get(key)!r} there, {current.get(key)!r} now"
+    return None
+
+
+def _settings_file(out: Path) -> Path:
+    return out.with_name(f".{out.name}.settings.json")
+
+
+def check_settings(out: str | Path, settings: dict) -> None:
+    """Answers are added to `out` only under the settings its answers were given with (kept beside it in
+    `.OUT.settings.json` by run_batch); an output without answers, or without that file, takes any."""
+    out = Path(out)
+    beside = _settings_file(out)
+    if not (out.is_file() and out.stat().st_size and beside.is_file()):
+        return
+    try:
+        recorded = json.loads(beside.read_text(encoding="utf-8"))
+    except ValueError:
+        recorded = None
+    if not isinstance(recorded, dict):
+        raise UserError(f"{beside}: not the settings infer --batch writes; delete it to add to {out} anyway")
+    change = settings_change(recorded, json.loads(json.dumps(settings)))
+    if change:
+        raise UserError(f"{out} holds answers given with other settings ({change}): give another --out, or rerun "
+                        f"with those")
+
+
 def resume(out: str | Path) -> set:
     """Repair a torn last line of `out` and return the ids answered there (before any model is loaded)."""
     out = Path(out)
@@ -109,16 +141,19 @@ def resume(out: str | Path) -> set:
 
 
 def run_batch(pipeline, requests: list[dict], out: str | Path, max_new_tokens: int, base: Path | None = None,
-              done: set | None = None, batch_size: int = 1) -> dict:
+              done: set | None = None, batch_size: int = 1, settings: dict | None = None) -> dict:
     """Answer every request not yet in `out` (`done`: what `resume(out)` returned); a failing video or question
     is recorded as an error and the batch goes on. Consecutive questions about one video share its frames (read
     and encoded once). With `batch_size` > 1 the questions of each video are taken together (rows are written
-    video by video) and `batch_size` questions go through the LLM at once, with the answers of one at a time."""
+    video by video) and `batch_size` questions go through the LLM at once, with the answers of one at a time.
+    `settings` (what the answers depend on) are kept beside `out` for check_settings on the next run."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     out = Path(out)
     done = resume(out) if done is None else done
     out.parent.mkdir(parents=True, exist_ok=True)
+    if settings is not None:
+        _settings_file(out).write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
     todo = [r for r in requests if r["id"] not in done]
 
     def path_of(request):
