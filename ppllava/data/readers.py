@@ -351,7 +351,15 @@ class PyAVReader(VideoReader):
 
     def open(self, path) -> Clip:
         av = self.library()
-        return PyAVClip(_checked_file(path), av, self.threads)
+        return PyAVClip(_checked_file(path), av, self.threads and _frame_threads_safe(av))
+
+
+def _frame_threads_safe(av) -> bool:
+    """PyAV before 13 routes every FFmpeg log line through a callback that takes the GIL. Freeing a decoder
+    whose frame threads are still decoding (a clip left mid-stream, freed by the garbage collector, which holds
+    the GIL) then waits on a thread that waits for the GIL: the process hangs (seen in make test-av, PyAV
+    12.0.0). Those versions decode with FFmpeg's default slice threads instead: the same frames."""
+    return int(av.__version__.split(".")[0]) >= 13
 
 
 class PyAVClip(Clip):
