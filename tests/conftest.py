@@ -18,6 +18,13 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _children_temp(tmp_path_factory):
+    """The tests' subprocesses keep their temporary files (torchrun's torchelastic_* log folders, ...) under
+    pytest's own temporary folder, which pytest prunes, instead of leaving them in /tmp."""
+    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("tmp"))
+
+
 @pytest.fixture(autouse=True)
 def _default_ops(monkeypatch):
     """Every test starts and ends with auto dispatch and no PPLLAVA_OPS."""
