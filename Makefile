@@ -28,7 +28,7 @@ LMMS_STAMP := $(LMMS_VENV)/.installed
 # Each version is pip-installed alone under build/av-VERSION and put first on PYTHONPATH of .venv's python.
 AV_VERSIONS ?= 12.0.0 18.1.0
 
-.PHONY: install test test-av test-lmms lmms demo tiny bench gpu-check gpu-check-dry clean
+.PHONY: install test test-av test-lmms lmms demo tiny bench gpu-check gpu-check-dry npu-check npu-check-dry clean
 
 install: $(STAMP) $(if $(filter dev,$(subst $(comma), ,$(EXTRAS))),$(OPEN_CLIP_STAMP))
 
@@ -85,13 +85,22 @@ demo: install
 bench: install
 	$(BIN)/ppllava bench ops
 
-# on a machine with one NVIDIA GPU (TORCH= a CUDA build): Triton kernel tests, parity against the CPU golden, bench ops
-# and bench e2e at 7B shape, within 8 minutes, one JSON report; gpu-check-dry starts every step and skips the GPU ones
+# on a machine with one NVIDIA GPU (TORCH= a CUDA build): Triton kernel tests, both ops' parity against a CPU record
+# made first, the test bed's against the committed CPU golden, bench ops and bench e2e at 7B shape, within 8 minutes,
+# one JSON report; gpu-check-dry starts every step and skips the GPU ones
 gpu-check: install
 	$(BIN)/ppllava gpu-check --out build/gpu-check.json
 
 gpu-check-dry: install
 	$(BIN)/ppllava gpu-check --dry-run --out build/gpu-check-dry.json
+
+# the same on one Ascend NPU, without the Triton tests (TORCH= the torch matching torch-npu, EXTRAS=dev,npu, CANN's
+# set_env.sh sourced: README "Ascend NPU"); npu-check-dry starts every step and skips the NPU ones
+npu-check: install
+	$(BIN)/ppllava npu-check --out build/npu-check.json
+
+npu-check-dry: install
+	$(BIN)/ppllava npu-check --dry-run --out build/npu-check-dry.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

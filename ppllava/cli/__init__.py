@@ -15,9 +15,9 @@ from safetensors import SafetensorError
 
 from backends import DeviceUnavailable, ImplementationUnavailable
 
-from . import align, bench, convert, demo, env, evaluate, explain, gpucheck, infer, launch, parity, testbed, train
+from . import acceptance, align, bench, convert, demo, env, evaluate, explain, infer, launch, parity, testbed, train
 
-COMMANDS = (env, convert, parity, bench, demo, testbed, train, align, launch, infer, evaluate, explain, gpucheck)
+COMMANDS = (env, convert, parity, bench, demo, testbed, train, align, launch, infer, evaluate, explain, acceptance)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # bad input, whichever library noticed it: our own errors (ppllava.errors.UserError and DataError are ValueErrors),
 # a user's path that is missing, a folder, not a folder or not readable, and a damaged safetensors file

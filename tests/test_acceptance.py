@@ -1,0 +1,58 @@
+"""`ppllava gpu-check` and `ppllava npu-check` in dry mode, as CI runs them: every step starts (its command line
+parses, its inputs exist), the steps that need no device run (the environment, the CPU parity record), the device
+steps skip with the reason, and one JSON report is written."""
+
+import json
+
+import pytest
+from safetensors import safe_open
+
+from ppllava import acceptance
+from ppllava.cli import main
+
+DEVICE_STEPS = {"gpu-check": ["triton", "parity-ops", "parity", "bench-ops", "bench-e2e"],
+                "npu-check": ["parity-ops", "parity", "bench-ops", "bench-e2e"]}
+
+
+@pytest.mark.parametrize("command,device", [("gpu-check", "cuda"), ("npu-check", "npu")])
+def test_dry_run_starts_every_step_and_skips_the_device_ones(command, device, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    assert main([command, "--dry-run", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    steps = {s["name"]: s for s in report["steps"]}
+    assert report["passed"] and report["dry_run"] and report["device_type"] == device
+    assert report["ran"] == ["env", "record-cpu"] and report["skipped"] == DEVICE_STEPS[command]
+    assert "torch" in steps["env"]["result"]["libraries"]
+    for name in DEVICE_STEPS[command]:
+        step = steps[name]
+        assert step["on_device"] and step["status"] == "skipped" and "started: its command line parses" in step["reason"]
+        assert step["command"].startswith("python -m ") and (name == "triton" or f"--device {device}" in step["command"])
+    # the CPU record was written where parity-ops reads it, in the dtypes it checks
+    record = tmp_path / "report-files" / "ops-cpu.safetensors"
+    assert str(record) in steps["parity-ops"]["command"]
+    with safe_open(str(record), "pt") as f:
+        dtypes = {key.split("|")[0] for key in f.keys()}
+    assert "float32" in dtypes and "bfloat16" in dtypes and "float16" not in dtypes, sorted(dtypes)[:5]
+    assert "--dtype bfloat16 --batch 4 --pool-dims 4096" in steps["bench-ops"]["command"]
+    assert f"{command} on " in capsys.readouterr().err
+
+
+def test_without_the_device_the_reason_is_given():
+    """On this CPU machine (no CUDA build, no torch_npu) both checks find no device and say why."""
+    for check in acceptance.CHECKS.values():
+        name, why = acceptance.find_device(check.device)
+        assert name is None and why
+
+
+def test_a_step_that_cannot_start_fails_the_report(tmp_path, monkeypatch, capsys):
+    broken = acceptance.Step("parity", ["-m", "ppllava", "parity", "check", "--golden", "g"], True,
+                             inputs=["tests/data/parity/nothing-here.safetensors"])
+    bad_args = acceptance.Step("bench-ops", ["-m", "ppllava", "bench", "ops", "--no-such-flag"], True)
+    monkeypatch.setattr(acceptance, "steps", lambda check, work: [broken, bad_args])
+    out = tmp_path / "report.json"
+    assert main(["gpu-check", "--dry-run", "--out", str(out)]) == 1
+    rows = {s["name"]: s for s in json.loads(out.read_text())["steps"]}
+    assert rows["parity"]["status"] == "failed" and "nothing-here.safetensors" in rows["parity"]["reason"]
+    assert rows["bench-ops"]["status"] == "failed" and "does not parse" in rows["bench-ops"]["reason"]
+    capsys.readouterr()
+    assert main(["npu-check", "--dry-run", "--step", "nope", "--out", str(out)]) == 2
