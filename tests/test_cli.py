@@ -63,8 +63,13 @@ def test_console_script_help_and_usage_errors():
                PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     help_text = subprocess.run([*cmd, "parity", "check", "--help"], capture_output=True, text=True, env=env)
     assert help_text.returncode == 0 and "--golden" in help_text.stdout
-    missing = subprocess.run([*cmd, "parity", "check"], capture_output=True, text=True, env=env)
-    assert missing.returncode == 2 and "--golden" in missing.stderr and "Traceback" not in missing.stderr
+    for argv, named, prog in ((["parity", "check"], "--golden", "ppllava parity check"),
+                              (["infer", "--model", "m", "--frames", "abc"], "--frames", "ppllava infer"),
+                              (["nope"], "nope", "ppllava")):
+        bad = subprocess.run([*cmd, *argv], capture_output=True, text=True, env=env)
+        lines = bad.stderr.strip().splitlines()                 # one line, as every error a user can fix
+        assert bad.returncode == 2 and len(lines) == 1 and named in lines[0] and "--help" in lines[0], bad.stderr
+        assert lines[0].startswith(f"{prog}: error:"), lines[0]
 
 
 def test_traceback_switch_shows_the_traceback_instead_of_the_one_line_error(tmp_path):

@@ -32,8 +32,16 @@ def _one_line(error: BaseException) -> str:
     return f"{text} ({type(error).__name__})" if isinstance(error, SafetensorError) else text
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line as every other error a user can fix (argparse prints the whole usage
+    first); --help still prints it all. Subcommands' parsers are of this class too (add_subparsers' default)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ppllava",
         description="PPLLaVA: prompt-guided pooling video LLM on CPU, CUDA and Ascend NPU.",
         epilog="Op implementations can be forced with PPLLAVA_OPS (e.g. PPLLAVA_OPS=native); see README.",
