@@ -56,3 +56,16 @@ def test_a_step_that_cannot_start_fails_the_report(tmp_path, monkeypatch, capsys
     assert rows["bench-ops"]["status"] == "failed" and "does not parse" in rows["bench-ops"]["reason"]
     capsys.readouterr()
     assert main(["npu-check", "--dry-run", "--step", "nope", "--out", str(out)]) == 2
+
+
+def test_the_steps_run_through_on_a_device_that_is_here(tmp_path):
+    """The same step list pointed at this machine's CPU, run for real (not dry): the CPU record is made, checked
+    by parity-ops, the test bed checked against the committed golden, each command's JSON result captured. This is
+    the plumbing a GPU or NPU run goes through (paths, flags, outputs), only the device differs."""
+    here = acceptance.Check("cpu-check", "cpu", "this CPU")
+    report = acceptance.run(here, tmp_path / "files", only=["record-cpu", "parity-ops", "parity"])
+    steps = {s["name"]: s for s in report["steps"]}
+    assert report["passed"] and report["ran"] == ["record-cpu", "parity-ops", "parity"], acceptance.summary(report)
+    assert (tmp_path / "files" / "ops-cpu.safetensors").is_file()
+    assert steps["parity-ops"]["returncode"] == 0 and "result" in steps["parity-ops"]
+    assert steps["parity"]["returncode"] == 0 and "result" in steps["parity"]
