@@ -12,8 +12,9 @@ one deadline (8 minutes):
     parity       `ppllava parity check` of the test bed on the device against the committed float32 CPU golden
     bench-ops    `ppllava bench ops` in bfloat16, B=4, D=4096
     bench-e2e    `ppllava bench e2e` at a 7B-shaped model (llava-next-7b, random weights) in bfloat16
-Every step starts: its command line is parsed and its inputs are checked. Without the device, or with --dry-run,
-the device steps then stop there, each with the reason, and the report says so (CI runs both checks that way).
+Every step starts: its command line is parsed and its inputs are checked. With --dry-run the device steps then
+stop there, each with the reason (CI runs both checks that way); without the device and without --dry-run they
+fail, naming why the device is not there.
 Figures the bench steps measure belong in BENCHMARKS.md only from a run on that device.
 """
 
@@ -39,6 +40,7 @@ class Step:
     argv: list[str]                           # run as `python ARGV...` from the repository root
     on_device: bool                           # needs the check's device
     inputs: list[str] = field(default_factory=list)   # files it reads (relative to the root, or absolute)
+    outputs: list[str] = field(default_factory=list)  # files it writes: removed before it runs (no stale record)
     env: dict = field(default_factory=dict)
 
 
@@ -63,7 +65,7 @@ def steps(check: Check, work: Path) -> list[Step]:
         Step("env", ["-m", "ppllava", "env", "--json"], False),
         *own,
         Step("record-cpu", ["-m", "ppllava", "parity", "record", "--device", "cpu", "--dtype", "float32,bfloat16",
-                                "--out", cpu_record], False),
+                                "--out", cpu_record], False, outputs=[cpu_record]),
         Step("parity-ops", ["-m", "ppllava", "parity", "check", "--golden", cpu_record, "--device", device, "--json"],
              True, inputs=[cpu_record]),
         Step("parity", ["-m", "ppllava", "parity", "check", "--model", TESTBED, "--golden", GOLDEN, "--device", device,
@@ -81,9 +83,13 @@ def find_device(device_type: str) -> tuple[str | None, str]:
     from backends.device import DeviceUnavailable, device_name, resolve_device
 
     try:
-        return device_name(resolve_device(device_type)), ""
+        device = resolve_device(device_type)
     except DeviceUnavailable as e:
         return None, str(e)
+    try:
+        return device_name(device), ""
+    except Exception as e:                  # e.g. a driver/runtime mismatch: the device is there, its name is not
+        return f"{device} (name unknown: {' '.join(str(e).split())})", ""
 
 
 def _start(step: Step) -> str | None:
@@ -140,13 +146,15 @@ def run(check: Check, work: Path, dry_run: bool = False, deadline_s: float = DEA
         started = "; started: its command line parses and its inputs exist"
         if problem:
             row.update(status="failed", reason=problem)
-        elif step.on_device and name is None:
-            row.update(status="skipped", reason=f"no {check.device} device here" + started)
         elif step.on_device and dry_run:
-            row.update(status="skipped", reason="--dry-run" + started)
+            row.update(status="skipped", reason=("--dry-run" if name else f"no {check.device} device here") + started)
+        elif step.on_device and name is None:               # a real run without its device has not passed
+            row.update(status="failed", reason=f"no {check.device} device here: {absent}")
         elif left <= 0:
             row.update(status="failed", reason=f"not run: the {deadline_s:.0f} s deadline had passed")
         else:
+            for made in step.outputs:
+                Path(made).unlink(missing_ok=True)
             _execute(step, row, left, deadline_s)
         rows.append(row)
     failed = [r["name"] for r in rows if r["status"] == "failed"]

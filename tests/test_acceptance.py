@@ -37,11 +37,19 @@ def test_dry_run_starts_every_step_and_skips_the_device_ones(command, device, tm
     assert f"{command} on " in capsys.readouterr().err
 
 
-def test_without_the_device_the_reason_is_given():
-    """On this CPU machine (no CUDA build, no torch_npu) both checks find no device and say why."""
-    for check in acceptance.CHECKS.values():
-        name, why = acceptance.find_device(check.device)
-        assert name is None and why
+def test_without_the_device_a_real_run_fails_naming_why(tmp_path, capsys):
+    """Not dry, on a machine without the device: the device steps fail (a check that touched no NPU has not passed),
+    the steps that need none still run."""
+    for command, check in acceptance.CHECKS.items():
+        if acceptance.find_device(check.device)[0] is not None:
+            continue                                                    # the device is here: nothing to show
+        out = tmp_path / f"{command}.json"
+        assert main([command, "--step", "env", "--step", "bench-ops", "--out", str(out)]) == 1
+        report = json.loads(out.read_text())
+        rows = {s["name"]: s for s in report["steps"]}
+        assert not report["passed"] and report["failed"] == ["bench-ops"] and report["ran"] == ["env"]
+        assert rows["bench-ops"]["reason"].startswith(f"no {check.device} device here: ") and report["device_absent"]
+    capsys.readouterr()
 
 
 def test_a_step_that_cannot_start_fails_the_report(tmp_path, monkeypatch, capsys):

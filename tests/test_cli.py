@@ -65,6 +65,7 @@ def test_console_script_help_and_usage_errors():
     assert help_text.returncode == 0 and "--golden" in help_text.stdout
     for argv, named, prog in ((["parity", "check"], "--golden", "ppllava parity check"),
                               (["infer", "--model", "m", "--frames", "abc"], "--frames", "ppllava infer"),
+                              (["parity", "check", "--golden", "g", "--bogus"], "--bogus", "ppllava parity check"),
                               (["nope"], "nope", "ppllava")):
         bad = subprocess.run([*cmd, *argv], capture_output=True, text=True, env=env)
         lines = bad.stderr.strip().splitlines()                 # one line, as every error a user can fix

@@ -39,6 +39,14 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        """A command's own parser refuses arguments it does not know, so that the error names that command (argparse
+        leaves them to the top parser, whose error says `ppllava: error`)."""
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras and self._subparsers is None:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(

@@ -1,6 +1,6 @@
 """`ppllava gpu-check` and `ppllava npu-check`: the acceptance run on one NVIDIA GPU or one Ascend NPU (kernel tests
 where the device has its own, parity against CPU records, bench ops and bench e2e at 7B shape) as one JSON report;
-without the device, or with --dry-run, the device steps start and skip."""
+with --dry-run the device steps start and skip, without the device they fail."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ def _add(sub, check) -> None:
                                    f"device, `parity check` of the test bed against the committed float32 CPU golden, "
                                    f"`bench ops` (bfloat16, B=4, D=4096) and `bench e2e` at a 7B-shaped model (random "
                                    f"weights), within {DEADLINE_S // 60} minutes, each step a child process. Every step "
-                                   f"starts (command line and inputs checked); without the device ({check.device}), "
-                                   "or with --dry-run, the device steps skip with the reason. Exit 1 if a step failed.")
+                                   f"starts (command line and inputs checked); with --dry-run the device steps skip with the "
+                                   f"reason, without the device ({check.device}) they fail. Exit 1 if a step failed.")
     p.add_argument("--out", default=f"build/{check.command}.json",
                    help=f"the JSON report (default build/{check.command}.json); the CPU record goes to the folder "
                         f"OUT without its suffix, plus -files")
