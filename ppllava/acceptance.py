@@ -49,9 +49,10 @@ class Check:
     command: str                              # the CLI command: gpu-check, npu-check
     device: str                               # the torch device type it checks: cuda, npu
     hardware: str                             # in words, for --help and the summary
+    kernel_tests: str | None = None           # the device's own kernels' tests, run there (None: it has none)
 
 
-CHECKS = {"gpu-check": Check("gpu-check", "cuda", "one NVIDIA GPU"),
+CHECKS = {"gpu-check": Check("gpu-check", "cuda", "one NVIDIA GPU", kernel_tests="tests/test_triton_ops.py"),
           "npu-check": Check("npu-check", "npu", "one Ascend NPU (910B)")}
 
 
@@ -59,8 +60,9 @@ def steps(check: Check, work: Path) -> list[Step]:
     """The steps of `check`; files it writes (the CPU record) go to the folder `work`."""
     device = check.device
     cpu_record = str(work / "ops-cpu.safetensors")
-    own = [Step("triton", ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_triton_ops.py"], True,
-                inputs=["tests/test_triton_ops.py"], env={"TRITON_INTERPRET": "0"})] if device == "cuda" else []
+    tests = check.kernel_tests
+    own = [Step("triton", ["-m", "pytest", "-q", "-p", "no:cacheprovider", tests], True, inputs=[tests],
+                env={"TRITON_INTERPRET": "0"})] if tests else []
     return [
         Step("env", ["-m", "ppllava", "env", "--json"], False),
         *own,

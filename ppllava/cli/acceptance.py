@@ -12,7 +12,7 @@ def _add(sub, check) -> None:
     from ppllava.acceptance import DEADLINE_S, steps
 
     names = [s.name for s in steps(check, Path("."))]
-    kernels = "the Triton kernel tests on the GPU, " if check.device == "cuda" else ""
+    kernels = f"the kernel tests ({check.kernel_tests}) on the device, " if check.kernel_tests else ""
     p = sub.add_parser(check.command, help=f"one-command acceptance run on {check.hardware}, one JSON report",
                        description=f"On a machine with {check.hardware}: {kernels}`parity record` of both ops, their "
                                    f"chain and the tiny model on this machine's CPU and `parity check` of them on the "
